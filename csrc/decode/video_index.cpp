@@ -1,0 +1,127 @@
+// Builds the packet-level index of a video stream (see video_index.h for why).
+#include "decode/video_index.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "decode/ffmpeg_util.h"
+
+namespace sage_fast {
+namespace {
+
+int display_rotation(const AVStream* stream) {
+  size_t size = 0;
+  const uint8_t* matrix = av_stream_get_side_data(stream, AV_PKT_DATA_DISPLAYMATRIX, &size);
+  if (matrix == nullptr || size < 9 * sizeof(int32_t)) return 0;
+  // av_display_rotation_get gives the counter-clockwise angle; players rotate by its negation.
+  double ccw = av_display_rotation_get(reinterpret_cast<const int32_t*>(matrix));
+  if (std::isnan(ccw)) return 0;
+  long clockwise = std::lround(-ccw);
+  clockwise = ((clockwise % 360) + 360) % 360;
+  return static_cast<int>((clockwise + 45) / 90 * 90 % 360);
+}
+
+}  // namespace
+
+VideoIndex build_video_index(const std::string& path) {
+  FormatPtr fmt = open_format(path);
+  int stream_index = av_find_best_stream(fmt.get(), AVMEDIA_TYPE_VIDEO, -1, -1, nullptr, 0);
+  if (stream_index < 0) {
+    throw std::runtime_error(path + ": has no video stream (audio-only or not a video file)");
+  }
+  VideoIndex index;
+  index.path = path;
+  index.stream_index = stream_index;
+  AVStream* stream = fmt->streams[stream_index];
+  const AVCodecParameters* par = stream->codecpar;
+  index.time_base_num = stream->time_base.num;
+  index.time_base_den = stream->time_base.den;
+  index.width = par->width;
+  index.height = par->height;
+  index.rotation = display_rotation(stream);
+  index.codec = avcodec_get_name(par->codec_id);
+  const char* pix = av_get_pix_fmt_name(static_cast<AVPixelFormat>(par->format));
+  index.pixel_format = pix ? pix : "unknown";
+  index.container = fmt->iformat->name;
+  index.container_duration =
+      fmt->duration > 0 ? static_cast<double>(fmt->duration) / AV_TIME_BASE : 0.0;
+  index.bit_rate = fmt->bit_rate;
+  if (stream->avg_frame_rate.num > 0 && stream->avg_frame_rate.den > 0) {
+    index.average_fps = av_q2d(stream->avg_frame_rate);
+  }
+  for (unsigned i = 0; i < fmt->nb_streams; ++i) {
+    if (static_cast<int>(i) == stream_index) continue;
+    if (fmt->streams[i]->codecpar->codec_type == AVMEDIA_TYPE_AUDIO) index.has_audio = true;
+    // Demuxers such as mov skip the payload of discarded streams: the scan reads video only.
+    fmt->streams[i]->discard = AVDISCARD_ALL;
+  }
+
+  PacketPtr pkt(av_packet_alloc());
+  std::vector<int64_t> packet_duration;
+  while (true) {
+    int rc = av_read_frame(fmt.get(), pkt.get());
+    if (rc == AVERROR_EOF) break;
+    if (rc < 0) break;  // a truncated or damaged tail: keep the packets read so far
+    if (pkt->stream_index == stream_index && pkt->size > 0 &&
+        (pkt->pts != AV_NOPTS_VALUE || pkt->dts != AV_NOPTS_VALUE)) {
+      PacketInfo info;
+      info.dts = pkt->dts == AV_NOPTS_VALUE ? INT64_MIN : pkt->dts;
+      info.pts = pkt->pts != AV_NOPTS_VALUE ? pkt->pts : pkt->dts;
+      info.pos = pkt->pos;
+      info.size = pkt->size;
+      info.key = (pkt->flags & AV_PKT_FLAG_KEY) != 0;
+      info.frame = (pkt->flags & AV_PKT_FLAG_DISCARD) == 0;
+      index.packets.push_back(info);
+      packet_duration.push_back(pkt->duration);
+    }
+    av_packet_unref(pkt.get());
+  }
+
+  // Decoding can only start at a keyframe: packets before the first one are unusable.
+  auto first_key = std::find_if(index.packets.begin(), index.packets.end(),
+                                [](const PacketInfo& p) { return p.key; });
+  if (first_key != index.packets.begin()) {
+    size_t drop = static_cast<size_t>(first_key - index.packets.begin());
+    index.packets.erase(index.packets.begin(), first_key);
+    packet_duration.erase(packet_duration.begin(), packet_duration.begin() + drop);
+  }
+  const size_t n = index.packets.size();
+  index.packet_gop.resize(n);
+  int32_t gop = -1;
+  for (size_t i = 0; i < n; ++i) {
+    if (index.packets[i].key) {
+      ++gop;
+      index.gop_first_packet.push_back(static_cast<int32_t>(i));
+    }
+    index.packet_gop[i] = gop;
+  }
+  for (size_t i = 0; i < n; ++i) {
+    if (index.packets[i].frame) index.frame_to_packet.push_back(static_cast<int32_t>(i));
+  }
+  if (index.frame_to_packet.empty()) {
+    throw std::runtime_error(path + ": the video stream has no decodable frames (empty, zero-length "
+                                    "or truncated before the first keyframe)");
+  }
+  std::stable_sort(index.frame_to_packet.begin(), index.frame_to_packet.end(),
+                   [&](int32_t a, int32_t b) { return index.packets[a].pts < index.packets[b].pts; });
+  const size_t frames = index.frame_to_packet.size();
+  index.frame_duration.resize(frames);
+  for (size_t i = 0; i + 1 < frames; ++i) {
+    index.frame_duration[i] = index.packets[index.frame_to_packet[i + 1]].pts -
+                              index.packets[index.frame_to_packet[i]].pts;
+  }
+  int64_t last = packet_duration[index.frame_to_packet[frames - 1]];
+  if (last <= 0) {
+    if (frames > 1) {
+      last = index.frame_duration[frames - 2];
+    } else if (index.average_fps > 0) {
+      last = static_cast<int64_t>(std::llround(index.time_base_den /
+                                               (index.average_fps * index.time_base_num)));
+    }
+  }
+  index.frame_duration[frames - 1] = std::max<int64_t>(last, 0);
+  return index;
+}
+
+}  // namespace sage_fast

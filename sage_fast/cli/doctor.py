@@ -1,0 +1,129 @@
+"""``sage-fast doctor``: what this installation has and which parts of it actually work."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+PACKAGES = ("torch", "numpy", "av", "torchcodec", "triton", "transformers", "nvidia-dali-cuda120", "decord")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("doctor", help="report versions, the compiled core, GPU, decode backends, ffmpeg, Triton")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.set_defaults(handler=run)
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _ffmpeg_cli() -> str | None:
+    binary = shutil.which("ffmpeg")
+    if binary is None:
+        return None
+    out = subprocess.run([binary, "-version"], capture_output=True, text=True, check=False).stdout
+    return out.splitlines()[0] if out else binary
+
+
+def _probe_backends() -> dict[str, str]:
+    """Decodes one frame of a tiny generated video with every backend: 'ok' or why not."""
+    from sage_fast.video import VideoReader
+    from sage_fast.video.backends import BACKENDS
+
+    binary = shutil.which("ffmpeg")
+    if binary is None:
+        return {name: "untested: the ffmpeg command is missing (apt-get install -y ffmpeg)" for name in BACKENDS[1:]}
+    results: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="sage_doctor_") as tmp:
+        video = Path(tmp) / "probe.mp4"
+        subprocess.run([binary, "-nostdin", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=10:duration=1",
+                        "-c:v", "libx264", "-pix_fmt", "yuv420p", str(video)], check=False)
+        for name in BACKENDS[1:]:
+            device = "cuda" if name == "dali" else "cpu"
+            try:
+                reader = VideoReader(video, backend=name, device=device)
+                frames = reader.get_frames([0, 5])
+                results[name] = f"ok ({tuple(frames.data.shape)} on {frames.data.device})"
+            except Exception as exc:  # report, do not crash: this is a diagnostic
+                results[name] = f"unavailable: {str(exc).splitlines()[0][:160]}"
+    return results
+
+
+def _triton_mode() -> str:
+    if _version("triton") is None:
+        return "not installed (pip install triton): kernels fall back to PyTorch references"
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return "interpreter (TRITON_INTERPRET=1): correct on CPU tensors, not fast"
+    import torch
+
+    if torch.cuda.is_available():
+        return f"compiled for {torch.cuda.get_device_name(0)}"
+    return "installed, no GPU: set TRITON_INTERPRET=1 to run kernels on the CPU (slowly)"
+
+
+def collect() -> dict[str, Any]:
+    import torch
+
+    from sage_fast import __version__, _ext
+    from sage_fast.video.backends import choose_backend
+
+    gpu = {"torch_cuda": torch.cuda.is_available(), "devices": []}
+    if torch.cuda.is_available():
+        gpu["devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return {
+        "sage_fast": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": {name: _version(name) for name in PACKAGES},
+        "compiled_core": _ext.build_info(),
+        "gpu": gpu,
+        "ffmpeg_cli": _ffmpeg_cli(),
+        "espeak_ng": shutil.which("espeak-ng"),
+        "decode_backends": _probe_backends(),
+        "auto_backend": {"cpu": choose_backend("auto", "cpu"), "cuda": choose_backend("auto", "cuda")},
+        "triton": _triton_mode(),
+    }
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    core = report["compiled_core"]
+    print(f"sage_fast {report['sage_fast']}  python {report['python']}  {report['platform']}")
+    print("packages:")
+    for name, version in report["packages"].items():
+        print(f"  {name:<22} {version or 'not installed'}")
+    if core.get("loaded"):
+        print(f"compiled core: loaded; FFmpeg={'yes' if core['ffmpeg'] else 'no'} "
+              f"({core['ffmpeg_versions'] or '-'}); CUDA={'yes' if core['cuda'] else 'no'} "
+              f"({core['cuda_devices']} device(s)); {core['compiler']}")
+    else:
+        print(f"compiled core: NOT LOADED ({core['error']})")
+    gpu = report["gpu"]
+    print(f"GPU: {', '.join(gpu['devices']) if gpu['devices'] else 'none visible to torch'}")
+    print(f"ffmpeg CLI: {report['ffmpeg_cli'] or 'missing (apt-get install -y ffmpeg)'}")
+    print(f"espeak-ng: {report['espeak_ng'] or 'missing (sample videos get a tone track instead of speech)'}")
+    print("decode backends:")
+    for name, status in report["decode_backends"].items():
+        print(f"  {name:<11} {status}")
+    print(f"auto picks: {report['auto_backend']['cpu']} for CPU frames, {report['auto_backend']['cuda']} for CUDA frames")
+    print(f"Triton: {report['triton']}")
+
+
+def run(args: argparse.Namespace) -> int:
+    report = collect()
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        _print_report(report)
+    return 0

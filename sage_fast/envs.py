@@ -1,0 +1,42 @@
+"""Every environment variable sage_fast reads, with its default and meaning, in one place."""
+
+from __future__ import annotations
+
+import os
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name}={raw!r} must be an integer") from exc
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def decode_threads() -> int:
+    """SAGE_FAST_DECODE_THREADS: decoder threads per call (0 = all cores)."""
+    return _int("SAGE_FAST_DECODE_THREADS", 0)
+
+
+def video_cache_size() -> int:
+    """SAGE_FAST_VIDEO_CACHE: opened videos kept (index + decoders) for reuse across calls."""
+    return _int("SAGE_FAST_VIDEO_CACHE", 8)
+
+
+def fail_without_cuda() -> bool:
+    """SAGE_FAST_FAIL_WITHOUT_CUDA=1: GPU tests fail instead of skipping when no GPU is found."""
+    return _flag("SAGE_FAST_FAIL_WITHOUT_CUDA")
+
+
+def force_impl() -> str | None:
+    """SAGE_FAST_FORCE_IMPL=kernel|reference: force one side of the Triton kernels."""
+    value = os.environ.get("SAGE_FAST_FORCE_IMPL", "").strip().lower() or None
+    if value not in {None, "kernel", "reference"}:
+        raise ValueError(f"SAGE_FAST_FORCE_IMPL={value!r}: use 'kernel' or 'reference'")
+    return value

@@ -1,0 +1,67 @@
+"""The torchcodec backend: torchcodec's batch API on the CPU, or NVDEC on CUDA devices."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sage_fast.video.backends.base import check_frame_indices
+from sage_fast.video.errors import BackendUnavailableError, VideoDecodeError, VideoOpenError
+from sage_fast.video.index import VideoIndex
+
+
+def resize_nhwc(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bicubic resize of uint8 (n, H, W, 3) frames on their device (antialiased when shrinking)."""
+    if tuple(frames.shape[1:3]) == tuple(size) or frames.shape[0] == 0:
+        return frames
+    chw = frames.permute(0, 3, 1, 2).float()
+    shrink = size[0] < frames.shape[1] or size[1] < frames.shape[2]
+    resized = F.interpolate(chw, size=size, mode="bicubic", align_corners=False, antialias=shrink)
+    return resized.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+class TorchCodecBackend:
+    """Frames are fetched by time (each frame's mid-point), so torchcodec's own frame numbering
+    never has to agree with ours; resizing, when asked, is torch's bicubic on the same device."""
+
+    name = "torchcodec"
+
+    def __init__(self, path: Path, index: VideoIndex, *, device: str = "cpu", num_threads: int = 0) -> None:
+        try:
+            from torchcodec.decoders import VideoDecoder
+        except Exception as exc:
+            raise BackendUnavailableError(
+                "backend 'torchcodec' is not installed or does not load: `pip install torchcodec` "
+                f"(CPU machines here: `pip install torchcodec==0.13.0`). Import error: {exc}"
+            ) from exc
+        self.index = index
+        self.device = torch.device(device)
+        try:
+            self._decoder = VideoDecoder(
+                str(path), seek_mode="exact", dimension_order="NHWC",
+                num_ffmpeg_threads=num_threads, device=str(self.device),
+            )
+        except Exception as exc:
+            raise VideoOpenError(f"{path}: torchcodec cannot open it ({exc})") from exc
+        self._lock = threading.Lock()
+        # torchcodec >= 0.8 turns frames upright itself (and reports the angle it applied).
+        self.applies_rotation = hasattr(self._decoder.metadata, "rotation")
+
+    def decode(self, frame_indices: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+        frames = check_frame_indices(self.index, frame_indices)
+        if len(frames) == 0:
+            return torch.empty((0, size[0], size[1], 3), dtype=torch.uint8, device=self.device)
+        middle = self.index.pts_seconds[frames] + self.index.duration_seconds[frames] / 2
+        try:
+            with self._lock:
+                data = self._decoder.get_frames_played_at(middle.tolist()).data
+        except Exception as exc:
+            raise VideoDecodeError(f"{self.index.path}: torchcodec failed to decode ({exc})") from exc
+        return resize_nhwc(data, size)
+
+    def close(self) -> None:
+        self._decoder = None

@@ -55,6 +55,9 @@ inline FormatPtr open_format(const std::string& path) {
   int rc = avformat_open_input(&raw, path.c_str(), nullptr, nullptr);
   if (rc < 0) throw_av(path, "cannot open as a media file", rc);
   FormatPtr ctx(raw);
+  // Containers such as AVI store no pts: let libavformat derive them (B-frame reordering
+  // included) so that frames are indexed in presentation order, as the decoder outputs them.
+  ctx->flags |= AVFMT_FLAG_GENPTS;
   rc = avformat_find_stream_info(ctx.get(), nullptr);
   if (rc < 0) throw_av(path, "cannot read stream information", rc);
   return ctx;

@@ -17,6 +17,10 @@ import numpy as np
 
 from sage_fast.video.errors import VideoOpenError
 
+# Containers such as AVI store no pts: libavformat derives them (B-frame reordering included), as
+# the native core asks with AVFMT_FLAG_GENPTS, so both index frames in presentation order.
+GENPTS = {"fflags": "+genpts"}
+
 
 @dataclass(frozen=True)
 class PacketTable:
@@ -135,7 +139,7 @@ def build_index_pyav(path: str | Path) -> VideoIndex:
 
     path = Path(path)
     try:
-        container = av.open(str(path))
+        container = av.open(str(path), options=GENPTS)
     except Exception as exc:
         raise VideoOpenError(f"{path}: cannot open as a media file ({exc})") from exc
     with container:

@@ -16,6 +16,7 @@ import torch
 from sage_fast import envs
 from sage_fast.video import clips
 from sage_fast.video.backends import choose_backend, open_backend
+from sage_fast.video.backends.base import check_frame_indices
 from sage_fast.video.errors import VideoOpenError
 from sage_fast.video.index import VideoIndex, frames_at_times, nearest_keyframes, uniform_times
 from sage_fast.video.types import FrameBatch, VideoMetadata
@@ -83,7 +84,7 @@ class VideoReader:
     def get_frames(self, indices: np.ndarray | list[int], *, size: tuple[int, int] | None = None) -> FrameBatch:
         """Frames by presentation index (0 = first frame shown), resized to ``size`` = (height,
         width) with ffmpeg's bicubic scaler on the native backend."""
-        frames = np.asarray(indices, dtype=np.int64).reshape(-1)
+        frames = np.ascontiguousarray(check_frame_indices(self.index, np.asarray(indices).reshape(-1)))
         height, width = size if size is not None else (self.metadata.height, self.metadata.width)
         if height < 1 or width < 1:
             raise ValueError(f"size must be positive (height, width), got {size}")

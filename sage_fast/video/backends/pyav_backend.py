@@ -16,7 +16,7 @@ import torch
 
 from sage_fast.video.backends.base import check_frame_indices
 from sage_fast.video.errors import VideoDecodeError
-from sage_fast.video.index import PacketTable, VideoIndex, build_index_pyav
+from sage_fast.video.index import GENPTS, PacketTable, VideoIndex, build_index_pyav
 
 _READ_AHEAD_INSTEAD_OF_SEEK = 48  # packets; the same constant as the native decoder
 
@@ -80,7 +80,7 @@ class PyAVBackend:
     def _open(self) -> None:
         import av
 
-        self._container = av.open(str(self.path))
+        self._container = av.open(str(self.path), options=GENPTS)
         self._stream = self._container.streams.best("video")
         codec = self._stream.codec_context
         codec.thread_type = "AUTO"

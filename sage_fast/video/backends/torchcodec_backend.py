@@ -47,6 +47,19 @@ class TorchCodecBackend:
             )
         except Exception as exc:
             raise VideoOpenError(f"{path}: torchcodec cannot open it ({exc})") from exc
+        stream = self._decoder.metadata
+        begin = getattr(stream, "begin_stream_seconds", None)
+        end = getattr(stream, "end_stream_seconds", None)
+        if begin is not None and end is not None and (
+            abs(begin - index.begin_seconds) > 1e-6 or abs(end - index.end_seconds) > 1e-6
+        ):
+            # Containers without pts (AVI with B-frames): torchcodec numbers frames in decode
+            # order, so fetching "the frame at t" would return the wrong frames. Refuse instead.
+            raise BackendUnavailableError(
+                f"{path}: torchcodec's timeline ({begin:.6f}-{end:.6f} s) differs from the stream's "
+                f"presentation timestamps ({index.begin_seconds:.6f}-{index.end_seconds:.6f} s), "
+                "usually a container without pts such as AVI with B-frames; use backend='native' or 'pyav'"
+            )
         self._lock = threading.Lock()
         # torchcodec >= 0.8 turns frames upright itself (and reports the angle it applied).
         self.applies_rotation = hasattr(self._decoder.metadata, "rotation")

@@ -10,6 +10,7 @@
 #include "build_info.h"
 
 #ifdef SAGE_FAST_HAS_FFMPEG
+#include "decode/ffmpeg_util.h"
 #include "decode/native_decoder.h"
 #endif
 
@@ -76,6 +77,14 @@ PYBIND11_MODULE(_C, m) {
     out["compiler"] = info.compiler;
     return out;
   }, "How the core was built: {'ffmpeg': bool, 'cuda': bool, 'ffmpeg_versions': str, 'compiler': str}.");
+#ifdef SAGE_FAST_HAS_FFMPEG
+  // FFmpeg prints to stderr by default; our exceptions already carry the reason, so the core
+  // starts quiet and sage_fast._ext applies SAGE_FAST_FFMPEG_LOG when it loads the module.
+  av_log_set_level(AV_LOG_FATAL);
+  m.def("set_ffmpeg_log_level", [](int level) { av_log_set_level(level); }, py::arg("level"),
+        "Sets the log level of the FFmpeg libraries the core links (AV_LOG_* numbers: -8 quiet, "
+        "8 fatal, 16 error, 24 warning, 32 info).");
+#endif
   m.def("cuda_device_count", &cuda_device_count,
         "CUDA devices visible to the core (0 without CUDA support, a driver or a device).");
 

@@ -11,6 +11,9 @@ def build_info() -> dict[str, Any]:
 def cuda_device_count() -> int:
     """CUDA devices visible to the core (0 without CUDA support, a driver or a device)."""
 
+def set_ffmpeg_log_level(level: int) -> None:
+    """Log level of the linked FFmpeg libraries (-8 quiet, 8 fatal, 16 error, 24 warning, 32 info)."""
+
 class NativeDecoder:
     """Native FFmpeg decoder of one video file; present only when built with FFmpeg."""
 

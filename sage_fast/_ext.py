@@ -21,6 +21,10 @@ def _load() -> ModuleType | BaseException:
         from sage_fast import _C
     except Exception as exc:  # keep the original exception for the message
         return exc
+    if hasattr(_C, "set_ffmpeg_log_level"):
+        from sage_fast import envs
+
+        _C.set_ffmpeg_log_level(envs.ffmpeg_log_level())
     return _C
 
 

@@ -29,6 +29,20 @@ def video_cache_size() -> int:
     return _int("SAGE_FAST_VIDEO_CACHE", 8)
 
 
+FFMPEG_LOG_LEVELS = {"quiet": -8, "panic": 0, "fatal": 8, "error": 16, "warning": 24, "info": 32,
+                     "verbose": 40, "debug": 48}
+
+
+def ffmpeg_log_level() -> int:
+    """SAGE_FAST_FFMPEG_LOG: what the native core's FFmpeg prints to stderr (default fatal: our
+    errors already say what went wrong). One of quiet, panic, fatal, error, warning, info,
+    verbose, debug."""
+    raw = os.environ.get("SAGE_FAST_FFMPEG_LOG", "fatal").strip().lower()
+    if raw not in FFMPEG_LOG_LEVELS:
+        raise ValueError(f"SAGE_FAST_FFMPEG_LOG={raw!r}: use one of {', '.join(FFMPEG_LOG_LEVELS)}")
+    return FFMPEG_LOG_LEVELS[raw]
+
+
 def fail_without_cuda() -> bool:
     """SAGE_FAST_FAIL_WITHOUT_CUDA=1: GPU tests fail instead of skipping when no GPU is found."""
     return _flag("SAGE_FAST_FAIL_WITHOUT_CUDA")

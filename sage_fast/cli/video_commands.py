@@ -98,7 +98,7 @@ def _window_times(reader, args: argparse.Namespace) -> np.ndarray | None:  # noq
     end = parse_timestamp(args.end, name="--end") if args.end is not None else meta.end_seconds
     start, end = max(start, meta.begin_seconds), min(end, meta.end_seconds)
     if end <= start:
-        raise ValueError(f"--start {args.start} / --end {args.end} leave an empty window inside "
+        raise ValueError(f"{meta.path}: --start {args.start} / --end {args.end} leave an empty window inside "
                          f"[{meta.begin_seconds:.3f}, {meta.end_seconds:.3f}] s")
     span = uniform_times(reader.index, args.num_frames, args.max_fps)  # for the count only
     count = len(span) if args.max_fps is None else min(len(span), max(1, int((end - start) * args.max_fps)))
@@ -140,9 +140,9 @@ def run_frames(args: argparse.Namespace) -> int:
     from sage_fast.video.timecode import format_timestamp
 
     if args.out_dir is None and args.contact_sheet is None:
-        raise ValueError("nothing to write: give --out-dir DIR and/or --contact-sheet FILE.png")
+        raise ValueError(f"{args.video}: nothing to write: give --out-dir DIR and/or --contact-sheet FILE.png")
     if args.num_frames < 1:
-        raise ValueError(f"--num-frames must be at least 1, got {args.num_frames}")
+        raise ValueError(f"{args.video}: --num-frames must be at least 1, got {args.num_frames}")
     reader = VideoReader(args.video, backend=args.backend)
     times = _window_times(reader, args)
     if times is None:

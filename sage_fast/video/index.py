@@ -60,21 +60,26 @@ class VideoIndex:
     def num_frames(self) -> int:
         return len(self.pts)
 
+    def seconds(self, ticks: np.ndarray) -> np.ndarray:
+        """Ticks to seconds, dividing last: 1021 ticks of 1/1000 s is exactly the double nearest
+        1.021, the time a prompt prints, so frames_at(1.021) finds that frame."""
+        return ticks.astype(np.float64) * self.time_base.numerator / self.time_base.denominator
+
     @property
     def pts_seconds(self) -> np.ndarray:
-        return self.pts.astype(np.float64) * float(self.time_base)
+        return self.seconds(self.pts)
 
     @property
     def duration_seconds(self) -> np.ndarray:
-        return self.duration.astype(np.float64) * float(self.time_base)
+        return self.seconds(self.duration)
 
     @property
     def begin_seconds(self) -> float:
-        return float(self.pts[0] * self.time_base)
+        return float(self.seconds(self.pts[:1])[0])
 
     @property
     def end_seconds(self) -> float:
-        return float((self.pts[-1] + self.duration[-1]) * self.time_base)
+        return float(self.seconds(self.pts[-1:] + self.duration[-1:])[0])
 
     @property
     def keyframe_indices(self) -> np.ndarray:
@@ -89,7 +94,8 @@ def frames_at_times(index: VideoIndex, seconds: np.ndarray | list[float]) -> np.
         raise ValueError(f"seconds must be a 1-D sequence of times, got shape {times.shape}")
     if not np.all(np.isfinite(times)):
         raise ValueError("seconds must be finite numbers (got NaN or infinity)")
-    found = np.searchsorted(index.pts_seconds, times, side="right") - 1
+    # 1 ns of slack: times computed as k * (1 / fps) land a rounding step below the k-th pts.
+    found = np.searchsorted(index.pts_seconds, times + 1e-9, side="right") - 1
     return np.clip(found, 0, index.num_frames - 1).astype(np.int64)
 
 

@@ -105,8 +105,11 @@ class VideoReader:
     def frames_at(self, seconds: float | list[float] | np.ndarray, *, size: tuple[int, int] | None = None) -> FrameBatch:
         """The frame on screen at each time (the last one whose pts <= t); times outside the
         video are clamped to its first and last frames."""
-        times = np.atleast_1d(np.asarray(seconds, dtype=np.float64))
-        return self.get_frames(frames_at_times(self.index, times), size=size)
+        try:
+            frames = frames_at_times(self.index, np.atleast_1d(np.asarray(seconds, dtype=np.float64)))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{self.path}: {exc}") from exc
+        return self.get_frames(frames, size=size)
 
     def sample_uniform(self, n: int = 128, max_fps: float | None = 2.0, *, mode: str = "exact",
                        size: tuple[int, int] | None = None) -> FrameBatch:
@@ -140,6 +143,9 @@ class VideoReader:
             from sage_fast.video.errors import NoAudioError
 
             raise NoAudioError(f"{self.path}: has no audio track, so there is no speech to transcribe")
+        if float(start) > self.metadata.end_seconds:
+            raise ValueError(f"{self.path}: the window starts at {float(start):.3f} s, after the video ends "
+                             f"({self.metadata.end_seconds:.3f} s)")
         return clips.load_audio(self.path, start, end, sample_rate=sample_rate)
 
     def close(self) -> None:

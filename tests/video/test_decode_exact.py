@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from sage_fast import _ext
 from sage_fast.video import BackendUnavailableError, VideoReader, clear_video_cache, open_video

@@ -61,6 +61,10 @@ def _same_packet(packets: PacketTable, i: int, packet) -> bool:  # noqa: ANN001 
     return int(packets.pts[i]) == pts and int(packets.dts[i]) == dts
 
 
+class _MissingFrames(VideoDecodeError):
+    """Targets of a run never came out of the decoder."""
+
+
 class PyAVBackend:
     """Decodes on the CPU with PyAV (FFmpeg through Cython)."""
 
@@ -76,15 +80,20 @@ class PyAVBackend:
         self._stream = None
         self._packets = None  # the demux iterator, valid until the next seek
         self._current = -1  # index of the last packet read, -1 when unknown
+        self._threads = num_threads
 
-    def _open(self) -> None:
+    def _open(self, threads: int | None = None) -> None:
         import av
 
+        if self._container is not None:
+            self._container.close()
         self._container = av.open(str(self.path), options=GENPTS)
         self._stream = self._container.streams.best("video")
         codec = self._stream.codec_context
         codec.thread_type = "AUTO"
-        codec.thread_count = self.num_threads
+        codec.thread_count = self.num_threads if threads is None else threads
+        self._threads = codec.thread_count
+        self._current = -1
 
     def _read(self):  # noqa: ANN202 (av.Packet | None)
         for packet in self._packets:
@@ -164,18 +173,26 @@ class PyAVBackend:
         codec.flush_buffers()
         if pending:
             seconds = min(pending) * float(self.index.time_base)
-            raise VideoDecodeError(
+            raise _MissingFrames(
                 f"{self.path}: could not decode the frame at {seconds:.6f} s (damaged or truncated data)")
 
     def decode(self, frame_indices: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
         frames = check_frame_indices(self.index, frame_indices)
         out = np.empty((len(frames), size[0], size[1], 3), dtype=np.uint8)
         with self._lock:
-            if self._container is None:
+            if self._container is None or self._threads != self.num_threads:
                 self._open()
             try:
                 for task in plan_decode(self.index, frames):
-                    self._run(task, out, size)
+                    try:
+                        self._run(task, out, size)
+                    except _MissingFrames:
+                        if self._threads == 1:
+                            raise
+                        # Frame threads can drop the good frame decoded just before a damaged
+                        # packet; a single-threaded decoder keeps it. Retry this run with one.
+                        self._open(threads=1)
+                        self._run(task, out, size)
             except Exception:
                 self._current = -1  # the demuxer state is unknown after a failure
                 raise

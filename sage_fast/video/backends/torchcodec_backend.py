@@ -40,11 +40,12 @@ class TorchCodecBackend:
             ) from exc
         self.index = index
         self.device = torch.device(device)
+        self._make_decoder = lambda: VideoDecoder(
+            str(path), seek_mode="exact", dimension_order="NHWC", num_ffmpeg_threads=num_threads,
+            device=str(self.device),
+        )
         try:
-            self._decoder = VideoDecoder(
-                str(path), seek_mode="exact", dimension_order="NHWC",
-                num_ffmpeg_threads=num_threads, device=str(self.device),
-            )
+            self._decoder = self._make_decoder()
         except Exception as exc:
             raise VideoOpenError(f"{path}: torchcodec cannot open it ({exc})") from exc
         stream = self._decoder.metadata
@@ -69,12 +70,23 @@ class TorchCodecBackend:
         if len(frames) == 0:
             return torch.empty((0, size[0], size[1], 3), dtype=torch.uint8, device=self.device)
         middle = self.index.pts_seconds[frames] + self.index.duration_seconds[frames] / 2
-        try:
+        with self._lock:
+            try:
+                batch = self._decoder.get_frames_played_at(middle.tolist())
+            except Exception as exc:
+                self._decoder = self._make_decoder()  # its state after a failure is not trusted
+                raise VideoDecodeError(f"{self.index.path}: torchcodec failed to decode ({exc})") from exc
+        # Around damaged data torchcodec can hand back a neighbouring frame: never pass that on.
+        expected = self.index.pts_seconds[frames]
+        wrong = np.flatnonzero(np.abs(batch.pts_seconds.cpu().numpy() - expected) > 1e-6)
+        if len(wrong):
             with self._lock:
-                data = self._decoder.get_frames_played_at(middle.tolist()).data
-        except Exception as exc:
-            raise VideoDecodeError(f"{self.index.path}: torchcodec failed to decode ({exc})") from exc
-        return resize_nhwc(data, size)
+                self._decoder = self._make_decoder()
+            raise VideoDecodeError(
+                f"{self.index.path}: could not decode the frame at {expected[wrong[0]]:.6f} s "
+                f"(torchcodec returned the frame at {batch.pts_seconds[wrong[0]]:.6f} s; damaged data?)"
+            )
+        return resize_nhwc(batch.data, size)
 
     def close(self) -> None:
         self._decoder = None

@@ -84,7 +84,7 @@ def test_extract_frames_clamps_windows_past_the_ends(tone: VideoReader, tmp_path
     assert all(2.5 <= stamp_seconds(p) <= end for p in tail)
     head = tone.extract_frames(-5.0, 0.01, 2, tmp_path / "head")  # clamped to [0, 0.01]
     assert [read_frame_index(np.asarray(Image.open(p).convert("RGB"))) for p in head] == [0, 0]
-    (only,) = tone.extract_frames(2.9, 10.0, 1, tmp_path / "last")
+    (only,) = tone.extract_frames(2.99, 10.0, 1, tmp_path / "last")  # clamped to [2.99, 3.0]
     assert read_frame_index(np.asarray(Image.open(only).convert("RGB"))) == last
     with pytest.raises(ValueError, match="after the video ends"):
         tone.extract_frames(5.0, 10.0, 2, tmp_path / "beyond")

@@ -35,6 +35,7 @@ py::dict index_metadata(const VideoIndex& index) {
   meta["bit_rate"] = index.bit_rate;
   meta["time_base"] = py::make_tuple(index.time_base_num, index.time_base_den);
   meta["num_packets"] = index.packets.size();
+  meta["index_source"] = index.from_tables ? "tables" : "packets";
   return meta;
 }
 

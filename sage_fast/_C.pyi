@@ -21,7 +21,8 @@ class NativeDecoder:
     @property
     def metadata(self) -> dict[str, Any]:
         """path, codec, pixel_format, container, width, height, rotation, has_audio, average_fps,
-        container_duration, bit_rate, time_base (num, den), num_packets."""
+        container_duration, bit_rate, time_base (num, den), num_packets, index_source ('tables' when
+        the MP4 sample tables gave the index without reading payloads, else 'packets')."""
     def index_arrays(self) -> dict[str, npt.NDArray[Any]]:
         """Per presented frame (pts order): pts, duration, decode_position (int64), is_key (bool)."""
     def decode(

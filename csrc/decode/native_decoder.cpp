@@ -2,6 +2,7 @@
 #include "decode/native_decoder.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <exception>
 #include <map>
@@ -286,35 +287,26 @@ DecodeStats NativeDecoder::decode(const std::vector<int64_t>& frame_indices, uin
   if (num_threads <= 0) num_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   const int workers = std::min<int>(num_threads, static_cast<int>(tasks.size()));
   const int codec_threads = std::max(1, num_threads / workers);
-  // Contiguous runs of tasks of about equal packet count: each worker reads forward.
-  std::vector<size_t> bounds{0};
-  {
-    int64_t cost = 0;
-    for (const Task& t : tasks) cost += t.last_packet - t.first_packet + 1;
-    int64_t acc = 0;
-    for (size_t i = 0; i < tasks.size() && static_cast<int>(bounds.size()) < workers; ++i) {
-      acc += tasks[i].last_packet - tasks[i].first_packet + 1;
-      if (acc * workers >= cost * static_cast<int64_t>(bounds.size()) && i + 1 < tasks.size()) {
-        bounds.push_back(i + 1);
-      }
-    }
-    bounds.push_back(tasks.size());
-  }
-  const int used = static_cast<int>(bounds.size()) - 1;
-
+  // Workers take the next task in file order from a shared counter: every worker still reads
+  // forward (cheap read-ahead instead of seeks), and uneven GOPs balance themselves, which a
+  // static split by packet count does not (decode cost per packet varies several-fold).
+  const int used = workers;
   std::lock_guard<std::mutex> lock(mutex_);
   while (static_cast<int>(workers_.size()) < used) workers_.push_back(nullptr);
   std::vector<DecodeStats> stats(used);
   std::vector<std::exception_ptr> errors(used);
+  std::atomic<size_t> next_task{0};
+  std::atomic<bool> failed{false};
   auto work = [&](int w) {
     try {
       if (!workers_[w]) workers_[w] = std::make_unique<Worker>(index_, key_by_pos_);
       workers_[w]->open_codec(codec_threads);
-      for (size_t t = bounds[w]; t < bounds[w + 1]; ++t) {
+      for (size_t t = next_task++; t < tasks.size() && !failed; t = next_task++) {
         workers_[w]->run(tasks[t], out, out_height, out_width, stats[w]);
       }
     } catch (...) {
       errors[w] = std::current_exception();
+      failed = true;
       if (workers_[w]) workers_[w]->current = -1;
     }
   };

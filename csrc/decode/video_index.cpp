@@ -4,11 +4,19 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <cerrno>
+#include <cstring>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "decode/ffmpeg_util.h"
 
 namespace sage_fast {
 namespace {
+
+VideoIndex scan_video_packets(FormatPtr fmt, const std::string& path);
 
 int display_rotation(const AVStream* stream) {
   size_t size = 0;
@@ -22,10 +30,129 @@ int display_rotation(const AVStream* stream) {
   return static_cast<int>((clockwise + 45) / 90 * 90 % 360);
 }
 
+
+// A file source for libavformat that can stop reading payloads. MP4/MOV demuxers take every
+// packet's timestamps, flags and size from the moov sample tables, so once the header is parsed
+// the scan needs no payload bytes: it touches 100 KB of tables instead of gigabytes of video.
+struct TableOnlyFile {
+  int fd = -1;
+  int64_t size = 0;
+  int64_t pos = 0;
+  bool skip_payload = false;
+  AVIOContext* io = nullptr;
+
+  explicit TableOnlyFile(const std::string& path) {
+    fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) throw std::runtime_error(path + ": cannot open (" + std::strerror(errno) + ")");
+    struct stat st {};
+    if (::fstat(fd, &st) == 0) size = st.st_size;
+    constexpr int kBufferSize = 1 << 16;
+    auto* buffer = static_cast<uint8_t*>(av_malloc(kBufferSize));
+    io = avio_alloc_context(buffer, kBufferSize, 0, this, &TableOnlyFile::read, nullptr,
+                            &TableOnlyFile::seek);
+  }
+  ~TableOnlyFile() {
+    if (io != nullptr) {
+      av_freep(&io->buffer);
+      avio_context_free(&io);
+    }
+    if (fd >= 0) ::close(fd);
+  }
+
+  static int read(void* opaque, uint8_t* buf, int want) {
+    auto* self = static_cast<TableOnlyFile*>(opaque);
+    int64_t left = self->size - self->pos;
+    if (left <= 0) return AVERROR_EOF;
+    int n = static_cast<int>(std::min<int64_t>(want, left));
+    if (!self->skip_payload) {
+      ssize_t got = ::pread(self->fd, buf, n, self->pos);
+      if (got <= 0) return got == 0 ? AVERROR_EOF : AVERROR(errno);
+      n = static_cast<int>(got);
+    }
+    self->pos += n;
+    return n;
+  }
+  static int64_t seek(void* opaque, int64_t offset, int whence) {
+    auto* self = static_cast<TableOnlyFile*>(opaque);
+    whence &= ~AVSEEK_FORCE;
+    if (whence == AVSEEK_SIZE) return self->size;
+    if (whence == SEEK_SET) self->pos = offset;
+    else if (whence == SEEK_CUR) self->pos += offset;
+    else if (whence == SEEK_END) self->pos = self->size + offset;
+    else return AVERROR(EINVAL);
+    return self->pos;
+  }
+};
+
+bool same_entry(const PacketInfo& a, const PacketInfo& b) {
+  return a.pts == b.pts && a.dts == b.dts && a.pos == b.pos && a.size == b.size && a.key == b.key &&
+         a.frame == b.frame;
+}
+
+// The first and last packets as a normal read sees them, to check a table-only scan.
+bool agrees_with_real_reads(const std::string& path, const VideoIndex& index) {
+  FormatPtr fmt = open_format(path);
+  const size_t n = index.packets.size();
+  const size_t head = std::min<size_t>(n, 48);
+  PacketPtr pkt(av_packet_alloc());
+  size_t seen = 0;
+  while (seen < head && av_read_frame(fmt.get(), pkt.get()) >= 0) {
+    if (pkt->stream_index == index.stream_index && pkt->size > 0) {
+      PacketInfo info;
+      info.dts = pkt->dts == AV_NOPTS_VALUE ? INT64_MIN : pkt->dts;
+      info.pts = pkt->pts != AV_NOPTS_VALUE ? pkt->pts : pkt->dts;
+      info.pos = pkt->pos;
+      info.size = pkt->size;
+      info.key = (pkt->flags & AV_PKT_FLAG_KEY) != 0;
+      info.frame = (pkt->flags & AV_PKT_FLAG_DISCARD) == 0;
+      // The index drops packets before the first keyframe; align on the first one it kept.
+      if (seen > 0 || same_entry(info, index.packets[0])) {
+        if (!same_entry(info, index.packets[seen])) return false;
+        ++seen;
+      }
+    }
+    av_packet_unref(pkt.get());
+  }
+  return seen == head;
+}
+
 }  // namespace
 
 VideoIndex build_video_index(const std::string& path) {
-  FormatPtr fmt = open_format(path);
+  {
+    TableOnlyFile source(path);
+    if (source.io == nullptr) throw std::runtime_error(path + ": out of memory");
+    AVFormatContext* raw = avformat_alloc_context();
+    raw->pb = source.io;
+    raw->flags |= AVFMT_FLAG_CUSTOM_IO | AVFMT_FLAG_GENPTS;
+    const AVInputFormat* mov = av_find_input_format("mov");
+    if (avformat_open_input(&raw, path.c_str(), mov, nullptr) >= 0) {
+      FormatPtr fmt(raw);
+      const bool tables_suffice = avformat_find_stream_info(fmt.get(), nullptr) >= 0;
+      int best = av_find_best_stream(fmt.get(), AVMEDIA_TYPE_VIDEO, -1, -1, nullptr, 0);
+      const AVCodecID codec = best >= 0 ? fmt->streams[best]->codecpar->codec_id : AV_CODEC_ID_NONE;
+      // Codecs whose packets mov hands over without a parser reading the payload.
+      if (tables_suffice && (codec == AV_CODEC_ID_H264 || codec == AV_CODEC_ID_HEVC ||
+                             codec == AV_CODEC_ID_AV1 || codec == AV_CODEC_ID_VP9)) {
+        source.skip_payload = true;
+        try {
+          VideoIndex index = scan_video_packets(std::move(fmt), path);
+          if (agrees_with_real_reads(path, index)) {
+            index.from_tables = true;
+            return index;
+          }
+        } catch (const std::exception&) {
+          // fall through to the full scan, which reports errors with real data
+        }
+      }
+    }
+  }
+  return scan_video_packets(open_format(path), path);
+}
+
+namespace {
+
+VideoIndex scan_video_packets(FormatPtr fmt, const std::string& path) {
   int stream_index = av_find_best_stream(fmt.get(), AVMEDIA_TYPE_VIDEO, -1, -1, nullptr, 0);
   if (stream_index < 0) {
     throw std::runtime_error(path + ": has no video stream (audio-only or not a video file)");
@@ -124,4 +251,5 @@ VideoIndex build_video_index(const std::string& path) {
   return index;
 }
 
+}  // namespace
 }  // namespace sage_fast

@@ -36,6 +36,7 @@ struct VideoIndex {
   std::string container;
   double container_duration = 0.0;  // seconds, as the container states it (0 when unknown)
   int64_t bit_rate = 0;
+  bool from_tables = false;  // scanned from MP4 sample tables alone (no payload read)
 
   std::vector<PacketInfo> packets;           // every video packet, decode order
   std::vector<int32_t> frame_to_packet;      // presented frame i (pts order) -> packet index

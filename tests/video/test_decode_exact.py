@@ -110,6 +110,9 @@ def test_native_index_equals_python_index(video: tuple[Path, np.ndarray]) -> Non
         assert np.array_equal(getattr(python, field), getattr(native, field)), field
     assert python.time_base == native.time_base
     assert python.info == native.info
+    # MP4/MOV with H.264 is indexed from its sample tables alone; everything else by reading packets.
+    source = _ext.load().NativeDecoder(str(path)).metadata["index_source"]
+    assert source == ("tables" if path.suffix == ".mp4" else "packets")
 
 
 def test_resize_equals_ffmpeg_scale(video: tuple[Path, np.ndarray]) -> None:

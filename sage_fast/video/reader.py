@@ -148,6 +148,12 @@ class VideoReader:
                              f"({self.metadata.end_seconds:.3f} s)")
         return clips.load_audio(self.path, start, end, sample_rate=sample_rate)
 
+    @property
+    def last_decode_stats(self) -> dict[str, int]:
+        """What the last call cost on the native backend: packets read and sent to the decoder,
+        frames decoded, seeks, decode runs and worker threads (empty on other backends)."""
+        return dict(getattr(self._backend, "last_stats", {}))
+
     def close(self) -> None:
         self._backend.close()
 
@@ -165,7 +171,10 @@ def open_video(path: str | Path, *, backend: str = "auto", device: str | torch.d
     """
     resolved = check_video_file(path).resolve()
     stat = resolved.stat()
-    key = (str(resolved), stat.st_mtime_ns, stat.st_size, backend, str(torch.device(device)), num_threads)
+    device = torch.device(device)
+    # "auto" and the backend it resolves to share one entry, so one file is indexed once.
+    key = (str(resolved), stat.st_mtime_ns, stat.st_size, choose_backend(backend, str(device)), str(device),
+           num_threads)
     with _CACHE_LOCK:
         reader = _CACHE.get(key)
         if reader is not None:

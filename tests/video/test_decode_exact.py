@@ -152,14 +152,14 @@ def test_native_skips_work(tmp_path: Path) -> None:
     reader = VideoReader(path, backend="native", num_threads=1)
     keys = reader.index.keyframe_indices
     reader.get_frames(keys)
-    stats = reader._backend.last_stats
+    stats = reader.last_decode_stats
     assert stats["packets_sent"] == len(keys) and stats["frames_decoded"] == len(keys)
     reader.get_frames([5])
-    stats = reader._backend.last_stats
+    stats = reader.last_decode_stats
     assert stats["packets_sent"] <= 10
     # With B-frames, frames that no target shows and nothing references are dropped undecoded.
     reader.get_frames([23])
-    stats = reader._backend.last_stats
+    stats = reader.last_decode_stats
     assert stats["frames_decoded"] < stats["packets_sent"] <= 24
 
 
@@ -192,6 +192,8 @@ def test_open_video_reuses_until_file_changes(tmp_path: Path) -> None:
     first = open_video(path)
     assert open_video(str(path)) is first
     assert open_video(path, backend="pyav") is not first
+    if _ext.has_native_decoder():
+        assert open_video(path, backend="native") is first  # "auto" resolved before the lookup
     make_indexed_video(path, IndexedVideoSpec(num_frames=24, gop=12))
     again = open_video(path)
     assert again is not first and again.metadata.num_frames == 24

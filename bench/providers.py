@@ -87,7 +87,7 @@ def _sample(reader: VideoReader, t: Targets, mode: str = "exact") -> Decoded:
     else:
         assert mode == "exact", "skim is only defined for sample_uniform"
         batch = reader.frames_at(t.seconds)
-    stats = dict(getattr(reader._backend, "last_stats", {}) or {})
+    stats = reader.last_decode_stats
     return Decoded(batch.data.permute(0, 2, 3, 1).numpy(), batch.pts_seconds.numpy(), batch.indices.numpy(), stats)
 
 

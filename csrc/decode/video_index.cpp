@@ -89,31 +89,50 @@ bool same_entry(const PacketInfo& a, const PacketInfo& b) {
          a.frame == b.frame;
 }
 
-// The first and last packets as a normal read sees them, to check a table-only scan.
+PacketInfo packet_info(const AVPacket* pkt) {
+  PacketInfo info;
+  info.dts = pkt->dts == AV_NOPTS_VALUE ? INT64_MIN : pkt->dts;
+  info.pts = pkt->pts != AV_NOPTS_VALUE ? pkt->pts : pkt->dts;
+  info.pos = pkt->pos;
+  info.size = pkt->size;
+  info.key = (pkt->flags & AV_PKT_FLAG_KEY) != 0;
+  info.frame = (pkt->flags & AV_PKT_FLAG_DISCARD) == 0;
+  return info;
+}
+
+// A table-only scan is trusted only where a normal read (payloads, parsers) agrees with it:
+// the first, a middle and the last GOP are read for real and compared packet by packet.
 bool agrees_with_real_reads(const std::string& path, const VideoIndex& index) {
   FormatPtr fmt = open_format(path);
-  const size_t n = index.packets.size();
-  const size_t head = std::min<size_t>(n, 48);
   PacketPtr pkt(av_packet_alloc());
-  size_t seen = 0;
-  while (seen < head && av_read_frame(fmt.get(), pkt.get()) >= 0) {
-    if (pkt->stream_index == index.stream_index && pkt->size > 0) {
-      PacketInfo info;
-      info.dts = pkt->dts == AV_NOPTS_VALUE ? INT64_MIN : pkt->dts;
-      info.pts = pkt->pts != AV_NOPTS_VALUE ? pkt->pts : pkt->dts;
-      info.pos = pkt->pos;
-      info.size = pkt->size;
-      info.key = (pkt->flags & AV_PKT_FLAG_KEY) != 0;
-      info.frame = (pkt->flags & AV_PKT_FLAG_DISCARD) == 0;
-      // The index drops packets before the first keyframe; align on the first one it kept.
-      if (seen > 0 || same_entry(info, index.packets[0])) {
-        if (!same_entry(info, index.packets[seen])) return false;
-        ++seen;
+  const auto& gops = index.gop_first_packet;
+  constexpr size_t kCompare = 24;
+  for (size_t g : {size_t{0}, gops.size() / 2, gops.size() - 1}) {
+    const size_t first = static_cast<size_t>(gops[g]);
+    const PacketInfo& key = index.packets[first];
+    if (av_seek_frame(fmt.get(), index.stream_index, key.pts, AVSEEK_FLAG_BACKWARD) < 0) return false;
+    size_t next = SIZE_MAX;  // index position of the next packet to compare, once aligned
+    size_t compared = 0;
+    const size_t want = std::min(kCompare, index.packets.size() - first);
+    int guard = 0;
+    while (compared < want && av_read_frame(fmt.get(), pkt.get()) >= 0) {
+      if (pkt->stream_index == index.stream_index && pkt->size > 0) {
+        PacketInfo info = packet_info(pkt.get());
+        if (next == SIZE_MAX && same_entry(info, key)) next = first;
+        if (next != SIZE_MAX) {
+          if (!same_entry(info, index.packets[next])) return false;
+          ++next;
+          ++compared;
+        } else if (++guard > 100000) {
+          return false;
+        }
       }
+      av_packet_unref(pkt.get());
     }
     av_packet_unref(pkt.get());
+    if (compared < want) return false;
   }
-  return seen == head;
+  return true;
 }
 
 }  // namespace
@@ -124,7 +143,9 @@ VideoIndex build_video_index(const std::string& path) {
     if (source.io == nullptr) throw std::runtime_error(path + ": out of memory");
     AVFormatContext* raw = avformat_alloc_context();
     raw->pb = source.io;
-    raw->flags |= AVFMT_FLAG_CUSTOM_IO | AVFMT_FLAG_GENPTS;
+    // No parsers: with payloads skipped they would read garbage (H.264's parser sets the
+    // keyframe flag from the bitstream); the sample tables carry pts, dts, size and sync flags.
+    raw->flags |= AVFMT_FLAG_CUSTOM_IO | AVFMT_FLAG_GENPTS | AVFMT_FLAG_NOPARSE | AVFMT_FLAG_NOFILLIN;
     const AVInputFormat* mov = av_find_input_format("mov");
     if (avformat_open_input(&raw, path.c_str(), mov, nullptr) >= 0) {
       FormatPtr fmt(raw);
@@ -192,14 +213,7 @@ VideoIndex scan_video_packets(FormatPtr fmt, const std::string& path) {
     if (rc < 0) break;  // a truncated or damaged tail: keep the packets read so far
     if (pkt->stream_index == stream_index && pkt->size > 0 &&
         (pkt->pts != AV_NOPTS_VALUE || pkt->dts != AV_NOPTS_VALUE)) {
-      PacketInfo info;
-      info.dts = pkt->dts == AV_NOPTS_VALUE ? INT64_MIN : pkt->dts;
-      info.pts = pkt->pts != AV_NOPTS_VALUE ? pkt->pts : pkt->dts;
-      info.pos = pkt->pos;
-      info.size = pkt->size;
-      info.key = (pkt->flags & AV_PKT_FLAG_KEY) != 0;
-      info.frame = (pkt->flags & AV_PKT_FLAG_DISCARD) == 0;
-      index.packets.push_back(info);
+      index.packets.push_back(packet_info(pkt.get()));
       packet_duration.push_back(pkt->duration);
     }
     av_packet_unref(pkt.get());

@@ -228,3 +228,17 @@ def test_cuda_device_frames_equal_cpu(tmp_path: Path) -> None:
     # NVDEC's colour conversion differs slightly from swscale's; the frames must still be the same frames.
     assert [read_frame_index(f) for f in hwc(cuda)] == list(range(0, 40, 3))
     assert (cuda.data.cpu().int() - cpu.data.int()).abs().float().mean() < 3.0
+
+
+def test_table_only_index_of_a_many_gop_mp4(tmp_path: Path) -> None:
+    """The MP4 sample-table index keeps every keyframe flag (parsers off) and equals a full read."""
+    if not _ext.has_native_decoder():
+        pytest.skip("compiled core built without FFmpeg")
+    path = make_indexed_video(tmp_path / "v.mp4", IndexedVideoSpec(num_frames=300, gop=10, bframes=3))
+    decoder = _ext.load().NativeDecoder(str(path))
+    assert decoder.metadata["index_source"] == "tables"
+    native = index_from_native(path, decoder)
+    python = build_index_pyav(path)
+    assert native.is_key.sum() == 30
+    for field in ("pts", "duration", "is_key", "decode_position"):
+        assert np.array_equal(getattr(python, field), getattr(native, field)), field

@@ -7,6 +7,7 @@ same bytes. One decoder and one demuxer are reused across calls.
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,22 +66,19 @@ class _MissingFrames(VideoDecodeError):
     """Targets of a run never came out of the decoder."""
 
 
-class PyAVBackend:
-    """Decodes on the CPU with PyAV (FFmpeg through Cython)."""
+class _Lane:
+    """One demuxer + decoder that runs decode tasks; lanes work in parallel threads (PyAV
+    releases the GIL inside libavcodec), like the native core's workers."""
 
-    name = "pyav"
-
-    def __init__(self, path: Path, *, num_threads: int = 0, index: VideoIndex | None = None) -> None:
-        self.path = Path(path)
-        self.index = index if index is not None and index.packets is not None else build_index_pyav(path)
-        self.device = torch.device("cpu")
-        self.num_threads = num_threads
-        self._lock = threading.Lock()
+    def __init__(self, path: Path, index: VideoIndex, threads: int) -> None:
+        self.path = path
+        self.index = index
+        self.wanted_threads = threads
         self._container = None
         self._stream = None
         self._packets = None  # the demux iterator, valid until the next seek
         self._current = -1  # index of the last packet read, -1 when unknown
-        self._threads = num_threads
+        self._threads = threads
 
     def _open(self, threads: int | None = None) -> None:
         import av
@@ -169,37 +167,95 @@ class PyAVBackend:
                     f"{self.path}: packet order differs from the index at packet {self._current} "
                     "(file changed while open?)")
         codec.skip_frame = "DEFAULT"
-        take(codec.decode(None))  # drain the frames held for reordering
+        try:
+            take(codec.decode(None))  # drain the frames held for reordering
+        except Exception as exc:  # the damaged packet surfaces here with frame threads
+            if "Invalid data" not in str(exc):
+                raise VideoDecodeError(f"{self.path}: decoder failed ({exc})") from exc
         codec.flush_buffers()
         if pending:
             seconds = min(pending) * float(self.index.time_base)
             raise _MissingFrames(
                 f"{self.path}: could not decode the frame at {seconds:.6f} s (damaged or truncated data)")
 
+    def run_tasks(self, tasks: list[DecodeTask], out: np.ndarray, size: tuple[int, int]) -> None:
+        if self._container is None or self._threads != self.wanted_threads:
+            self._open(self.wanted_threads)
+        try:
+            for task in tasks:
+                try:
+                    self._run(task, out, size)
+                except _MissingFrames:
+                    if self._threads == 1:
+                        raise
+                    # Frame threads can drop the good frame decoded just before a damaged
+                    # packet; a single-threaded decoder keeps it. Retry this run with one.
+                    self._open(threads=1)
+                    self._run(task, out, size)
+        except Exception:
+            self._current = -1  # the demuxer state is unknown after a failure
+            raise
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+            self._container = None
+
+
+class PyAVBackend:
+    """Decodes on the CPU with PyAV (FFmpeg through Cython), GOP runs spread over lanes."""
+
+    name = "pyav"
+
+    def __init__(self, path: Path, *, num_threads: int = 0, index: VideoIndex | None = None) -> None:
+        self.path = Path(path)
+        self.index = index if index is not None and index.packets is not None else build_index_pyav(path)
+        self.device = torch.device("cpu")
+        self.num_threads = num_threads if num_threads > 0 else (os.cpu_count() or 1)
+        self._lock = threading.Lock()
+        self._lanes: list[_Lane] = []
+
     def decode(self, frame_indices: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
         frames = check_frame_indices(self.index, frame_indices)
         out = np.empty((len(frames), size[0], size[1], 3), dtype=np.uint8)
+        tasks = plan_decode(self.index, frames)
+        if not tasks:
+            return torch.from_numpy(out)
+        lanes = min(self.num_threads, len(tasks))
+        # Few runs: one lane with libavcodec's frame threads; many: one thread per lane.
+        threads = 1 if lanes > 1 else self.num_threads
         with self._lock:
-            if self._container is None or self._threads != self.num_threads:
-                self._open()
-            try:
-                for task in plan_decode(self.index, frames):
+            while len(self._lanes) < lanes:
+                self._lanes.append(_Lane(self.path, self.index, threads))
+            for lane in self._lanes:
+                lane.wanted_threads = threads
+            queue = iter(tasks)
+            queue_lock = threading.Lock()
+            errors: list[BaseException] = []
+
+            def work(lane: _Lane) -> None:
+                while not errors:
+                    with queue_lock:
+                        task = next(queue, None)
+                    if task is None:
+                        return
                     try:
-                        self._run(task, out, size)
-                    except _MissingFrames:
-                        if self._threads == 1:
-                            raise
-                        # Frame threads can drop the good frame decoded just before a damaged
-                        # packet; a single-threaded decoder keeps it. Retry this run with one.
-                        self._open(threads=1)
-                        self._run(task, out, size)
-            except Exception:
-                self._current = -1  # the demuxer state is unknown after a failure
-                raise
+                        lane.run_tasks([task], out, size)
+                    except BaseException as exc:
+                        errors.append(exc)
+
+            workers = [threading.Thread(target=work, args=(lane,)) for lane in self._lanes[1:lanes]]
+            for worker in workers:
+                worker.start()
+            work(self._lanes[0])
+            for worker in workers:
+                worker.join()
+            if errors:
+                raise errors[0]
         return torch.from_numpy(out)
 
     def close(self) -> None:
         with self._lock:
-            if self._container is not None:
-                self._container.close()
-                self._container = None
+            for lane in self._lanes:
+                lane.close()
+            self._lanes.clear()

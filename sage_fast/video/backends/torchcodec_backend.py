@@ -25,7 +25,7 @@ def resize_nhwc(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 class TorchCodecBackend:
-    """Frames are fetched by time (each frame's mid-point), so torchcodec's own frame numbering
+    """Frames are fetched by time (just after each pts), so torchcodec's own frame numbering
     never has to agree with ours; resizing, when asked, is torch's bicubic on the same device."""
 
     name = "torchcodec"
@@ -48,18 +48,16 @@ class TorchCodecBackend:
             self._decoder = self._make_decoder()
         except Exception as exc:
             raise VideoOpenError(f"{path}: torchcodec cannot open it ({exc})") from exc
-        stream = self._decoder.metadata
-        begin = getattr(stream, "begin_stream_seconds", None)
-        end = getattr(stream, "end_stream_seconds", None)
-        if begin is not None and end is not None and (
-            abs(begin - index.begin_seconds) > 1e-6 or abs(end - index.end_seconds) > 1e-6
-        ):
+        begin = getattr(self._decoder.metadata, "begin_stream_seconds", None)
+        if begin is not None and abs(begin - index.begin_seconds) > 1e-6:
             # Containers without pts (AVI with B-frames): torchcodec numbers frames in decode
             # order, so fetching "the frame at t" would return the wrong frames. Refuse instead.
+            # (Only the start is compared: at a truncated tail the two may disagree harmlessly,
+            # and a frame torchcodec cannot reach fails the pts check in decode().)
             raise BackendUnavailableError(
-                f"{path}: torchcodec's timeline ({begin:.6f}-{end:.6f} s) differs from the stream's "
-                f"presentation timestamps ({index.begin_seconds:.6f}-{index.end_seconds:.6f} s), "
-                "usually a container without pts such as AVI with B-frames; use backend='native' or 'pyav'"
+                f"{path}: torchcodec's timeline starts at {begin:.6f} s but the stream's presentation "
+                f"timestamps start at {index.begin_seconds:.6f} s, usually a container without pts such "
+                "as AVI with B-frames; use backend='native' or 'pyav'"
             )
         self._lock = threading.Lock()
         # torchcodec >= 0.8 turns frames upright itself (and reports the angle it applied).
@@ -69,10 +67,11 @@ class TorchCodecBackend:
         frames = check_frame_indices(self.index, frame_indices)
         if len(frames) == 0:
             return torch.empty((0, size[0], size[1], 3), dtype=torch.uint8, device=self.device)
-        middle = self.index.pts_seconds[frames] + self.index.duration_seconds[frames] / 2
+        # Just after each pts (not the mid-point): torchcodec may end the last frame earlier.
+        just_after = self.index.pts_seconds[frames] + np.minimum(self.index.duration_seconds[frames] / 2, 1e-4)
         with self._lock:
             try:
-                batch = self._decoder.get_frames_played_at(middle.tolist())
+                batch = self._decoder.get_frames_played_at(just_after.tolist())
             except Exception as exc:
                 self._decoder = self._make_decoder()  # its state after a failure is not trusted
                 raise VideoDecodeError(f"{self.index.path}: torchcodec failed to decode ({exc})") from exc

@@ -64,13 +64,15 @@ def _json_type(annotation: Any) -> tuple[dict[str, Any], bool]:
 
 def function_schema(fn: Callable[..., Any], *, name: str | None = None) -> dict[str, Any]:
     """The OpenAI function schema of ``fn``: every parameter needs a type hint; parameters
-    without a default are required; ``Args:`` lines become the descriptions."""
+    without a default are required; ``Args:`` lines become the descriptions. A parameter named
+    ``context`` (the episode a tool runs in) is supplied by the loop, not the model, and is left
+    out."""
     description, arg_docs = _parse_docstring(fn.__doc__ or "")
     hints = typing.get_type_hints(fn)
     properties: dict[str, Any] = {}
     required: list[str] = []
     for param in inspect.signature(fn).parameters.values():
-        if param.name in ("self", "cls") or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+        if param.name in ("self", "cls", "context") or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             continue
         if param.name not in hints:
             raise TypeError(f"{fn.__name__}: parameter {param.name!r} needs a type hint to be a tool argument")

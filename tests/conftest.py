@@ -14,3 +14,61 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if envs.fail_without_cuda():
         pytest.fail("SAGE_FAST_FAIL_WITHOUT_CUDA=1 but no CUDA GPU is visible to torch", pytrace=False)
     pytest.skip("needs a CUDA GPU (set SAGE_FAST_FAIL_WITHOUT_CUDA=1 to fail instead of skipping)")
+
+
+class OpenAIStub:
+    """A local OpenAI-compatible chat server: answers /v1/chat/completions with scripted replies
+    and keeps every request, so the real ``openai`` client is what the tests exercise."""
+
+    def __init__(self) -> None:
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.replies: list[str] = []
+        self.requests: list[dict] = []
+        self.headers: list[dict] = []
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:  # keep test output clean
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                stub.requests.append(body)
+                stub.headers.append({k.lower(): v for k, v in self.headers.items()})
+                if not self.path.endswith("/chat/completions") or not stub.replies:
+                    self.send_response(500)
+                    self.end_headers()
+                    return
+                text = stub.replies.pop(0)
+                payload = json.dumps({
+                    "id": f"stub-{len(stub.requests)}", "object": "chat.completion", "created": 0,
+                    "model": body.get("model", "stub"),
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": text}}],
+                    "usage": {"prompt_tokens": 1000, "completion_tokens": len(text.split()),
+                              "total_tokens": 1000 + len(text.split())},
+                }).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture
+def openai_stub():  # noqa: ANN201
+    stub = OpenAIStub()
+    yield stub
+    stub.close()

@@ -1,0 +1,143 @@
+"""The SAGE episode: Stage-1 over sampled frames, then up to N text-only Stage-2 steps with tools.
+
+Stage-1 sees the whole video (uniform frames at SAGE's per-frame pixel budget) and either
+answers (an answer with no tool needed ends the episode) or names tool calls. Each Stage-2 step
+is a fresh prompt with the video context, the previous call and the recent tool results; only
+the first requested call runs; the episode stops on a true verdict with an answer, or after
+``max_stage2_steps`` with the fixed could-not-produce answer (DESIGN.md §2).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sage_fast.agent.parsing import ParsedOutput, parse_output
+from sage_fast.agent.prompts import PromptSet, stage1_messages, stage2_messages
+from sage_fast.agent.trajectory import COULD_NOT_PRODUCE, ToolCallRecord, Trajectory, Turn
+from sage_fast.models.base import Orchestrator, SamplingConfig
+from sage_fast.tools.context import ToolContext
+from sage_fast.tools.registry import Tool, ToolRegistry
+from sage_fast.tools.video_tools import extract_parts_from_timestamp
+from sage_fast.video.qwen_resize import QwenResizeConfig, visual_tokens_per_frame
+
+NO_TOOL_NOTE = ("No tool was requested although the question was judged not answerable yet. "
+                "Request a tool call or give the final answer.")
+
+
+@dataclass
+class AgentConfig:
+    """How an episode runs; the defaults are the paper's."""
+
+    num_frames: int = field(default=128, metadata={"help": "Stage-1 frames, sampled uniformly"})
+    max_fps: float = field(default=2.0, metadata={"help": "at most this many Stage-1 frames per second"})
+    min_pixels: int = field(default=128 * 28 * 28, metadata={"help": "per-frame pixel budget, lower end"})
+    max_pixels: int = field(default=192 * 28 * 28, metadata={"help": "per-frame pixel budget, upper end"})
+    max_stage2_steps: int = field(default=10, metadata={"help": "Stage-2 calls before giving up"})
+    prompts_dir: str | None = field(default=None, metadata={"help": "folder with the four prompt files"})
+    work_dir: str | None = field(default=None, metadata={"help": "where tools write files (default: a temp dir)"})
+    video_backend: str = field(default="auto", metadata={"help": "decode backend for sage_fast.video"})
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+    def __post_init__(self) -> None:
+        if self.num_frames < 1 or self.max_stage2_steps < 0:
+            raise ValueError("num_frames must be >= 1 and max_stage2_steps >= 0")
+        if not 0 < self.min_pixels <= self.max_pixels:
+            raise ValueError(f"need 0 < min_pixels <= max_pixels, got {self.min_pixels}, {self.max_pixels}")
+
+
+def default_tools() -> list[Tool]:
+    """The tools that need no model or network: extract-video-parts (others come with their backends)."""
+    return [Tool(extract_parts_from_timestamp)]
+
+
+class Agent:
+    """``Agent(orchestrator).run("video.mp4", "What happens after the goal?") -> Trajectory``."""
+
+    def __init__(self, orchestrator: Orchestrator, tools: list[Tool] | None = None,
+                 config: AgentConfig | None = None) -> None:
+        self.orchestrator = orchestrator
+        self.config = config or AgentConfig()
+        self.registry = ToolRegistry(tools if tools is not None else default_tools())
+        self.prompts = PromptSet.load(self.config.prompts_dir)
+        self.resize = QwenResizeConfig(min_pixels=self.config.min_pixels, max_pixels=self.config.max_pixels)
+
+    def _turn(self, stage: str, step: int, messages: list[dict[str, Any]], frames: Any) -> tuple[Turn, ParsedOutput]:
+        generation = self.orchestrator.generate(messages, frames, self.config.sampling)
+        parsed = parse_output(generation.text, stage)  # type: ignore[arg-type]
+        turn = Turn(stage=stage, step=step, messages=messages, raw_output=generation.text, parsed=parsed.data,  # type: ignore[arg-type]
+                    repaired=parsed.repaired, keys_exact=parsed.keys_exact, parse_error=parsed.error,
+                    generate_seconds=generation.seconds, tokens_in=generation.tokens_in,
+                    tokens_out=generation.tokens_out)
+        return turn, parsed
+
+    def _run_tool(self, context: ToolContext, parsed: ParsedOutput, turn: Turn, trajectory: Trajectory) -> None:
+        call = parsed.tool_calls[0]  # only the first requested call runs
+        record = self.registry.call(context, call, trajectory.tool_calls)
+        turn.tool_call = record
+        trajectory.cost.tool_calls += 1
+        trajectory.cost.tool_seconds += record.seconds
+
+    def run(self, video_path: str | Path, question: str, *, metadata: dict[str, Any] | None = None) -> Trajectory:
+        started = time.perf_counter()
+        work = Path(self.config.work_dir) if self.config.work_dir else Path(tempfile.mkdtemp(prefix="sage_episode_"))
+        context = ToolContext(video_path=Path(video_path), work_dir=work, backend=self.config.video_backend)
+        reader = context.reader
+        meta = reader.metadata
+        trajectory = Trajectory(video_path=str(context.video_path), question=question,
+                                duration_seconds=meta.end_seconds, turn_cap=self.config.max_stage2_steps,
+                                metadata=dict(metadata or {}))
+        cost = trajectory.cost
+        size = self.resize.output_size(meta.height, meta.width)
+        frames = reader.sample_uniform(self.config.num_frames, self.config.max_fps, size=size)
+        schemas = self.registry.schemas
+        messages = stage1_messages(self.prompts, question=question, video_path=str(context.video_path),
+                                   duration=meta.end_seconds, frame_times=frames.pts_seconds.tolist(),
+                                   schemas=schemas)
+        turn, parsed = self._turn("stage1", 0, messages, frames)
+        turn.frames = len(frames)
+        turn.visual_tokens = len(frames) * visual_tokens_per_frame(size[0], size[1], self.resize)
+        cost.frames_decoded += len(frames)
+        cost.visual_tokens += turn.visual_tokens
+        trajectory.turns.append(turn)
+        if parsed.data is not None and parsed.final_answer is not None and not parsed.tool_needed:
+            trajectory.answer, trajectory.answer_stage = parsed.final_answer, "stage1"
+            return self._finish(trajectory, started)
+        if parsed.tool_calls:
+            self._run_tool(context, parsed, turn, trajectory)
+        video_context = str(parsed.data.get("video_context") or "") if parsed.data else ""
+        results: list[tuple[str, str]] = [(r.name, r.result) for r in trajectory.tool_calls]
+        previous = self._call_dict(turn.tool_call)
+        for step in range(1, self.config.max_stage2_steps + 1):
+            messages = stage2_messages(self.prompts, question=question, video_path=str(context.video_path),
+                                       duration=meta.end_seconds, video_context=video_context,
+                                       previous_call=previous, tool_results=results, schemas=schemas)
+            turn, parsed = self._turn("stage2", step, messages, None)
+            trajectory.turns.append(turn)
+            if parsed.verdict and parsed.final_answer is not None:
+                trajectory.answer, trajectory.answer_stage = parsed.final_answer, "stage2"
+                return self._finish(trajectory, started)
+            if parsed.tool_calls:
+                self._run_tool(context, parsed, turn, trajectory)
+                results.append((turn.tool_call.name, turn.tool_call.result))
+                previous = self._call_dict(turn.tool_call)
+            else:
+                results.append(("note", NO_TOOL_NOTE))
+        trajectory.answer, trajectory.could_not_produce = COULD_NOT_PRODUCE, True
+        return self._finish(trajectory, started)
+
+    @staticmethod
+    def _call_dict(record: ToolCallRecord | None) -> dict[str, Any] | None:
+        return None if record is None else {"name": record.name, "arguments": record.arguments}
+
+    @staticmethod
+    def _finish(trajectory: Trajectory, started: float) -> Trajectory:
+        cost = trajectory.cost
+        cost.model_calls = len(trajectory.turns)
+        cost.tokens_in = sum(t.tokens_in for t in trajectory.turns)
+        cost.tokens_out = sum(t.tokens_out for t in trajectory.turns)
+        cost.seconds = time.perf_counter() - started
+        return trajectory

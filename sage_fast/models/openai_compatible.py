@@ -1,0 +1,75 @@
+"""Orchestrator over any OpenAI-compatible chat server (vLLM, SGLang, hosted APIs).
+
+Frames travel as JPEG data URLs, each after a short text label with its time, so any server
+that accepts ``image_url`` parts can serve SAGE-MM. Retries with back-off are the openai
+client's own (connection errors, 429, 5xx); the API key is read from the environment when not
+given and is never written to a trajectory or a log.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import time
+from typing import Any
+
+from sage_fast.models.base import Generation, SamplingConfig
+from sage_fast.video.timecode import format_timestamp
+from sage_fast.video.types import FrameBatch
+
+
+def jpeg_data_url(pixels_chw: Any, quality: int = 90) -> str:
+    """uint8 (3, H, W) tensor -> ``data:image/jpeg;base64,...``."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels_chw.permute(1, 2, 0).cpu().numpy()).save(buffer, format="JPEG", quality=quality)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+class OpenAICompatible:
+    """``OpenAICompatible(base_url="http://localhost:8000/v1", model="allenai/SAGE-MM-Qwen3-VL-8B-SFT_RL")``."""
+
+    def __init__(self, base_url: str, model: str, *, api_key: str | None = None, timeout_s: float = 600.0,
+                 max_retries: int = 3, jpeg_quality: int = 90) -> None:
+        from openai import OpenAI
+
+        self.name = f"openai:{model}@{base_url}"
+        self.model = model
+        self.jpeg_quality = jpeg_quality
+        key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"  # local servers ignore it
+        self._client = OpenAI(base_url=base_url, api_key=key, timeout=timeout_s, max_retries=max_retries)
+
+    def _content(self, content: Any, frames: FrameBatch | None) -> Any:
+        if isinstance(content, str):
+            return content
+        parts: list[dict[str, Any]] = []
+        for part in content:
+            if part.get("type") == "frame":
+                if frames is None:
+                    raise ValueError("a message refers to a frame but no frames were given")
+                i = int(part["index"])
+                stamp = format_timestamp(float(frames.pts_seconds[i]), millis=True)
+                parts.append({"type": "text", "text": f"Frame at {stamp}:"})
+                parts.append({"type": "image_url",
+                              "image_url": {"url": jpeg_data_url(frames.data[i], self.jpeg_quality)}})
+            else:
+                parts.append(part)
+        return parts
+
+    def generate(self, messages: list[dict[str, Any]], frames: FrameBatch | None,
+                 sampling: SamplingConfig) -> Generation:
+        request = [{"role": m["role"], "content": self._content(m["content"], frames)} for m in messages]
+        started = time.perf_counter()
+        response = self._client.chat.completions.create(
+            model=self.model, messages=request, temperature=sampling.temperature, top_p=sampling.top_p,
+            max_tokens=sampling.max_tokens, seed=sampling.seed,
+        )
+        usage = response.usage
+        return Generation(
+            text=response.choices[0].message.content or "",
+            tokens_in=usage.prompt_tokens if usage else 0,
+            tokens_out=usage.completion_tokens if usage else 0,
+            seconds=time.perf_counter() - started,
+        )

@@ -1,0 +1,112 @@
+"""The SAGE loop end to end: real video, real tools, the real openai client against a local stub."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sage_fast.agent.loop import NO_TOOL_NOTE, Agent, AgentConfig
+from sage_fast.agent.trajectory import COULD_NOT_PRODUCE, read_jsonl, write_jsonl
+from sage_fast.models.openai_compatible import OpenAICompatible
+from sage_fast.video.synth import IndexedVideoSpec, make_indexed_video
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_indexed_video(tmp_path_factory.mktemp("v") / "episode.mp4",
+                              IndexedVideoSpec(num_frames=400, fps=1.0, gop=30, bframes=2))
+
+
+def reply(data: dict) -> str:
+    return f"Let me think.\n<json>{json.dumps(data)}</json>"
+
+
+def stage1(answer: str | None, calls: list[dict]) -> str:
+    return reply({"video_context": "A test pattern with a counter.", "query_intent": "read the counter",
+                  "final_answer": answer, "recommended_tools": {"needed": bool(calls), "why_no_tool": "",
+                                                                "tool_calls": calls}})
+
+
+def stage2(verdict: bool, answer: str | None, calls: list[dict]) -> str:
+    return reply({"answerable": {"verdict": verdict, "reasoning": "..."}, "final_answer": answer,
+                  "recommended_tools": {"needed": bool(calls), "why_no_tool": "", "tool_calls": calls}})
+
+
+def extract(video: Path, start: str = "00:01:00", end: str = "00:02:00") -> dict:
+    return {"rationale": "look closer", "name": "extract_parts_from_timestamp",
+            "arguments": {"video_path": str(video), "timestamp_start": start, "timestamp_end": end}}
+
+
+def make_agent(stub, tmp_path: Path, **config) -> Agent:  # noqa: ANN001
+    orchestrator = OpenAICompatible(stub.url, "sage-mm-stub", api_key="sk-secret-test-key", max_retries=0)
+    return Agent(orchestrator, config=AgentConfig(work_dir=str(tmp_path / "work"), **config))
+
+
+def test_direct_answer_ends_after_stage1(openai_stub, video: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    openai_stub.replies = [stage1("42", [])]
+    trajectory = make_agent(openai_stub, tmp_path).run(video, "What number is shown?")
+    assert trajectory.answer == "42" and trajectory.answer_stage == "stage1" and len(trajectory.turns) == 1
+    (request,) = openai_stub.requests
+    parts = request["messages"][1]["content"]
+    images = [p for p in parts if p["type"] == "image_url"]
+    assert len(images) == 128 and images[0]["image_url"]["url"].startswith("data:image/jpeg;base64,")
+    text = parts[-1]["text"]
+    assert f"Video Path: {video} of duration 00:06:40." in text and "What number is shown?" in text
+    assert "<tools>" in request["messages"][0]["content"] and "extract_parts_from_timestamp" in request["messages"][0]["content"]
+    assert trajectory.cost.frames_decoded == 128 and trajectory.cost.visual_tokens > 128 * 100
+
+
+def test_tools_then_note_then_answer(openai_stub, video: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    openai_stub.replies = [stage1(None, [extract(video)]), stage2(False, None, []),
+                           stage2(False, None, [extract(video, "00:03:00", "00:03:30")]), stage2(True, "61", [])]
+    trajectory = make_agent(openai_stub, tmp_path).run(video, "Which frame follows 60?")
+    assert trajectory.answer == "61" and trajectory.answer_stage == "stage2"
+    assert [t.stage for t in trajectory.turns] == ["stage1", "stage2", "stage2", "stage2"]
+    first, second = trajectory.tool_calls
+    assert first.valid and not first.error and first.result.startswith("Extracted 10 frames of 00:01:00.000")
+    assert second.validated_arguments["timestamp_start"] == "00:03:00"
+    # Stage-2 prompts are text only and carry the keyed results, the note and the previous call.
+    last_user = openai_stub.requests[-1]["messages"][1]["content"]
+    assert isinstance(last_user, str)
+    assert "extract_parts_from_timestamp_#1: Extracted" in last_user
+    assert "extract_parts_from_timestamp_#2: Extracted" in last_user and f"note_#1: {NO_TOOL_NOTE}" in last_user
+    assert '"timestamp_start": "00:03:00"' in last_user.split("Previous call:")[1].splitlines()[0]
+    assert all(t.keys_exact and not t.repaired for t in trajectory.turns)
+
+
+def test_bad_calls_become_results_and_repeats_are_counted(openai_stub, video: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    bad_path = extract(video)
+    bad_path["arguments"]["video_path"] = "/etc/passwd"
+    too_long = extract(video, "00:00:00", "00:06:00")
+    openai_stub.replies = [stage1(None, [bad_path]), stage2(False, None, [too_long]),
+                           stage2(False, None, [{"name": "no_such_tool", "arguments": {}}]),
+                           stage2(False, None, [extract(video)]), stage2(False, None, [extract(video)]),
+                           stage2(True, "done", [])]
+    trajectory = make_agent(openai_stub, tmp_path).run(video, "q")
+    calls = trajectory.tool_calls
+    assert "not this episode's video" in calls[0].result and not calls[0].valid
+    assert "limit" in calls[1].result and not calls[1].valid
+    assert calls[2].result.startswith("Unknown tool 'no_such_tool'")
+    assert [c.repeat for c in calls[3:]] == [0, 1]
+    assert trajectory.answer == "done"
+
+
+def test_step_cap_gives_the_fixed_answer(openai_stub, video: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    openai_stub.replies = [stage1(None, [])] + [stage2(False, None, [])] * 3
+    trajectory = make_agent(openai_stub, tmp_path, max_stage2_steps=3).run(video, "q")
+    assert trajectory.answer == COULD_NOT_PRODUCE and trajectory.could_not_produce
+    assert len(trajectory.turns) == 4 and not openai_stub.replies
+
+
+def test_malformed_output_is_recorded_and_the_key_never_leaks(openai_stub, video: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    openai_stub.replies = ["I refuse to use JSON.", stage2(True, "7", [])]
+    trajectory = make_agent(openai_stub, tmp_path).run(video, "q")
+    assert trajectory.turns[0].parsed is None and trajectory.turns[0].parse_error
+    assert trajectory.answer == "7"
+    assert openai_stub.headers[0]["authorization"] == "Bearer sk-secret-test-key"
+    path = tmp_path / "traj.jsonl"
+    write_jsonl(path, [trajectory])
+    assert "sk-secret-test-key" not in path.read_text()
+    assert next(read_jsonl(path)).answer == "7"

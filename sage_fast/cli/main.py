@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sage_fast.cli import doctor, video_commands
+from sage_fast.cli import ask, doctor, video_commands
 
 # Each module adds its subcommands; later issues add theirs here (ask, eval, synth, sft, rl, bench).
-COMMAND_MODULES = (doctor, video_commands)
+COMMAND_MODULES = (doctor, video_commands, ask)
 
 
 def build_parser() -> argparse.ArgumentParser:

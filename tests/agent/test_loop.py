@@ -110,3 +110,24 @@ def test_malformed_output_is_recorded_and_the_key_never_leaks(openai_stub, video
     write_jsonl(path, [trajectory])
     assert "sk-secret-test-key" not in path.read_text()
     assert next(read_jsonl(path)).answer == "7"
+
+
+def test_ask_command_against_a_server(openai_stub, video: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    from sage_fast.cli.main import main
+
+    openai_stub.replies = [stage1(None, [extract(video)]), stage2(True, "61", [])]
+    out = tmp_path / "traj.jsonl"
+    code = main(["ask", str(video), "Which frame follows 60?", "--orchestrator", f"openai:{openai_stub.url}",
+                 "--model", "sage-mm-stub", "--work-dir", str(tmp_path / "w"), "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0 and captured.out.strip() == "61"
+    assert "extract_parts_from_timestamp" in captured.err and "[Stage-2 step 1]" in captured.err
+    assert next(read_jsonl(out)).answer == "61"
+    assert main(["ask", str(video), "q", "--orchestrator", "tiny"]) == 1
+    assert "only openai:URL" in capsys.readouterr().err
+
+
+def test_top_level_agent_import() -> None:
+    import sage_fast
+
+    assert sage_fast.Agent is Agent and sage_fast.AgentConfig is AgentConfig

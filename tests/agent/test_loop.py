@@ -131,3 +131,21 @@ def test_top_level_agent_import() -> None:
     import sage_fast
 
     assert sage_fast.Agent is Agent and sage_fast.AgentConfig is AgentConfig
+
+
+def test_view_writes_a_self_contained_escaped_page(openai_stub, video: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    from sage_fast.cli.main import main
+
+    openai_stub.replies = [stage1(None, [extract(video, "00:02:00", "00:03:00")]),
+                           stage2(True, "<script>alert(1)</script>", [])]
+    trajectory = make_agent(openai_stub, tmp_path).run(video, "Is <b>this</b> escaped?")
+    traj = tmp_path / "t.jsonl"
+    write_jsonl(traj, [trajectory])
+    assert main(["view", str(traj), "--html", str(tmp_path / "page.html")]) == 0
+    page = (tmp_path / "page.html").read_text()
+    assert page.count("class='thumb'") == 64 and page.count("data:image/jpeg;base64,") == 64
+    assert "<script>" not in page and "&lt;script&gt;" in page and "&lt;b&gt;this&lt;/b&gt;" in page
+    assert "class='window' style='left:30.000%;width:15.000%'" in page  # 2:00-3:00 of 6:40
+    assert "http" not in page.replace(openai_stub.url, "")  # nothing loaded from anywhere
+    assert main(["view", str(tmp_path / "missing.jsonl")]) == 1
+    assert "no such file" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 
 def _int(name: str, default: int) -> int:
@@ -41,6 +42,12 @@ def ffmpeg_log_level() -> int:
     if raw not in FFMPEG_LOG_LEVELS:
         raise ValueError(f"SAGE_FAST_FFMPEG_LOG={raw!r}: use one of {', '.join(FFMPEG_LOG_LEVELS)}")
     return FFMPEG_LOG_LEVELS[raw]
+
+
+def cache_dir() -> Path:
+    """SAGE_FAST_CACHE: where sage_fast keeps what it builds once (tiny models); default
+    ~/.cache/sage_fast."""
+    return Path(os.environ.get("SAGE_FAST_CACHE", "") or Path.home() / ".cache" / "sage_fast")
 
 
 def fail_without_cuda() -> bool:

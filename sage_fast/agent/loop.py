@@ -34,8 +34,8 @@ class AgentConfig:
 
     num_frames: int = field(default=128, metadata={"help": "Stage-1 frames, sampled uniformly"})
     max_fps: float = field(default=2.0, metadata={"help": "at most this many Stage-1 frames per second"})
-    min_pixels: int = field(default=128 * 28 * 28, metadata={"help": "per-frame pixel budget, lower end"})
-    max_pixels: int = field(default=192 * 28 * 28, metadata={"help": "per-frame pixel budget, upper end"})
+    min_frame_tokens: int = field(default=128, metadata={"help": "visual tokens per Stage-1 frame, lower end"})
+    max_frame_tokens: int = field(default=192, metadata={"help": "visual tokens per Stage-1 frame, upper end"})
     max_stage2_steps: int = field(default=10, metadata={"help": "Stage-2 calls before giving up"})
     prompts_dir: str | None = field(default=None, metadata={"help": "folder with the four prompt files"})
     work_dir: str | None = field(default=None, metadata={"help": "where tools write files (default: a temp dir)"})
@@ -45,8 +45,9 @@ class AgentConfig:
     def __post_init__(self) -> None:
         if self.num_frames < 1 or self.max_stage2_steps < 0:
             raise ValueError("num_frames must be >= 1 and max_stage2_steps >= 0")
-        if not 0 < self.min_pixels <= self.max_pixels:
-            raise ValueError(f"need 0 < min_pixels <= max_pixels, got {self.min_pixels}, {self.max_pixels}")
+        if not 0 < self.min_frame_tokens <= self.max_frame_tokens:
+            raise ValueError("need 0 < min_frame_tokens <= max_frame_tokens, got "
+                             f"{self.min_frame_tokens}, {self.max_frame_tokens}")
 
 
 def default_tools() -> list[Tool]:
@@ -63,7 +64,11 @@ class Agent:
         self.config = config or AgentConfig()
         self.registry = ToolRegistry(tools if tools is not None else default_tools())
         self.prompts = PromptSet.load(self.config.prompts_dir)
-        self.resize = QwenResizeConfig(min_pixels=self.config.min_pixels, max_pixels=self.config.max_pixels)
+        # 128-192 tokens per frame (128*28*28 to 192*28*28 pixels for Qwen2.5-VL's 14-px patches);
+        # frame sides follow the orchestrator's patch size (16 px for Qwen3-VL).
+        spec = getattr(orchestrator, "spec", None)
+        self.resize = QwenResizeConfig.from_token_budget(self.config.min_frame_tokens, self.config.max_frame_tokens,
+                                                         patch_size=getattr(spec, "patch_size", 14))
 
     def _turn(self, stage: str, step: int, messages: list[dict[str, Any]], frames: Any) -> tuple[Turn, ParsedOutput]:
         generation = self.orchestrator.generate(messages, frames, self.config.sampling)

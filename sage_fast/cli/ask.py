@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 
@@ -12,7 +13,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("video")
     parser.add_argument("question")
     parser.add_argument("--orchestrator", required=True,
-                        help="openai:URL (an OpenAI-compatible server such as vLLM serving SAGE-MM)")
+                        help="openai:URL (a vLLM/SGLang server), a Hugging Face id or local folder of a Qwen-VL "
+                             "model (e.g. allenai/SAGE-MM-Qwen3-VL-8B-SFT_RL), or tiny / tiny-qwen3 (random "
+                             "weights built offline: meaningless answers, the whole pipeline runs)")
+    parser.add_argument("--device", default="cpu", help="device for a local model (cpu, cuda, cuda:1)")
+    parser.add_argument("--max-tokens", type=int, default=None, help="tokens per model call (default 2048; 64 for tiny)")
     parser.add_argument("--model", default=None, help="model name on the server (default: the server's only model)")
     parser.add_argument("--num-frames", type=int, default=128)
     parser.add_argument("--max-steps", type=int, default=10, help="Stage-2 steps before giving up")
@@ -21,7 +26,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
-def make_orchestrator(spec: str, model: str | None):  # noqa: ANN201 (an Orchestrator)
+TINY = {"tiny": "qwen2_5_vl", "tiny-qwen3": "qwen3_vl"}
+
+
+def tiny_model_folder(family: str) -> Path:
+    """Where the tiny model is built once (SAGE_FAST_CACHE, default ~/.cache/sage_fast)."""
+    from sage_fast import envs
+    from sage_fast.models.tiny import build_tiny_model
+
+    folder = envs.cache_dir() / f"tiny-{family}"
+    if not (folder / "config.json").is_file():
+        build_tiny_model(folder, family)  # type: ignore[arg-type]
+    return folder
+
+
+def make_orchestrator(spec: str, model: str | None, device: str = "cpu"):  # noqa: ANN201 (an Orchestrator)
+    if spec in TINY:
+        from sage_fast.models.tiny import MEANINGLESS
+        from sage_fast.models.transformers_backend import TransformersVLM
+
+        print(f"warning: {MEANINGLESS}", file=sys.stderr)
+        with warnings.catch_warnings():  # said once, above
+            warnings.simplefilter("ignore")
+            return TransformersVLM(tiny_model_folder(TINY[spec]), device=device)
     if spec.startswith("openai:"):
         from sage_fast.models.openai_compatible import OpenAICompatible
 
@@ -36,16 +63,23 @@ def make_orchestrator(spec: str, model: str | None):  # noqa: ANN201 (an Orchest
                 raise ValueError(f"the server at {url} serves {served}; choose one with --model")
             model = served[0]
         return OpenAICompatible(url, model)
-    raise ValueError(f"--orchestrator {spec!r}: only openai:URL is available in this version (local "
-                     "transformers models and Gemini are being added); serve SAGE-MM with vLLM and pass its URL")
+    if Path(spec).is_dir() or spec.count("/") == 1:
+        from sage_fast.models.transformers_backend import TransformersVLM
+
+        return TransformersVLM(spec, device=device)
+    raise ValueError(f"--orchestrator {spec!r}: give openai:URL, a Hugging Face id (owner/name), a local model "
+                     "folder, or tiny")
 
 
 def run(args: argparse.Namespace) -> int:
     from sage_fast.agent.loop import Agent, AgentConfig
     from sage_fast.agent.trajectory import append_jsonl
+    from sage_fast.models.base import SamplingConfig
 
-    orchestrator = make_orchestrator(args.orchestrator, args.model)
-    config = AgentConfig(num_frames=args.num_frames, max_stage2_steps=args.max_steps, work_dir=args.work_dir)
+    orchestrator = make_orchestrator(args.orchestrator, args.model, args.device)
+    max_tokens = args.max_tokens or (64 if args.orchestrator in TINY else 2048)
+    config = AgentConfig(num_frames=args.num_frames, max_stage2_steps=args.max_steps, work_dir=args.work_dir,
+                         sampling=SamplingConfig(max_tokens=max_tokens))
     trajectory = Agent(orchestrator, config=config).run(Path(args.video), args.question)
     for turn in trajectory.turns:
         label = "Stage-1" if turn.stage == "stage1" else f"Stage-2 step {turn.step}"

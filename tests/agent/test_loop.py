@@ -123,8 +123,22 @@ def test_ask_command_against_a_server(openai_stub, video: Path, tmp_path: Path, 
     assert code == 0 and captured.out.strip() == "61"
     assert "extract_parts_from_timestamp" in captured.err and "[Stage-2 step 1]" in captured.err
     assert next(read_jsonl(out)).answer == "61"
-    assert main(["ask", str(video), "q", "--orchestrator", "tiny"]) == 1
-    assert "only openai:URL" in capsys.readouterr().err
+    assert main(["ask", str(video), "q", "--orchestrator", "nonsense"]) == 1
+    assert "give openai:URL, a Hugging Face id" in capsys.readouterr().err
+
+
+def test_ask_tiny_runs_offline_end_to_end(video: Path, tmp_path: Path, capsys, monkeypatch) -> None:  # noqa: ANN001
+    from sage_fast.cli.main import main
+
+    monkeypatch.setenv("SAGE_FAST_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "t.jsonl"
+    assert main(["ask", str(video), "q", "--orchestrator", "tiny", "--num-frames", "8", "--max-steps", "1",
+                 "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "meaningless" in err and "[Stage-1]" in err
+    assert (tmp_path / "cache" / "tiny-qwen2_5_vl" / "config.json").is_file()
+    trajectory = next(read_jsonl(out))
+    assert trajectory.turns[0].frames == 8 and trajectory.turns[0].tokens_in > 8 * 128
 
 
 def test_top_level_agent_import() -> None:

@@ -1,0 +1,126 @@
+"""Orchestrator on a local transformers Qwen-VL model (Qwen2.5-VL or Qwen3-VL, e.g. SAGE-MM).
+
+The model and tokenizer load with transformers' own ``from_pretrained``; the video inputs are
+ours (:mod:`sage_fast.models.qwen_inputs`, on the frames' device), and the chat text is Qwen's
+ChatML written directly, so neither torchvision nor a chat template in the tokenizer is needed.
+All Stage-1 frames form one video: Qwen-VL's temporal patches pair consecutive frames, and its
+M-RoPE positions carry their times.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sage_fast.models.base import Generation, SamplingConfig
+from sage_fast.models.qwen_inputs import (
+    CLIP_MEAN,
+    CLIP_STD,
+    QwenVisionSpec,
+    mm_token_type_ids,
+    patchify_frames,
+    second_per_grid,
+    video_prompt_text,
+)
+from sage_fast.video.types import FrameBatch
+
+FAMILIES = {"qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration", "qwen3_vl": "Qwen3VLForConditionalGeneration"}
+
+
+def _vision_spec(path: Path, config: Any) -> QwenVisionSpec:
+    vision = config.vision_config
+    qwen3 = config.model_type == "qwen3_vl"
+    mean, std = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)) if qwen3 else (CLIP_MEAN, CLIP_STD)
+    for name in ("video_preprocessor_config.json", "preprocessor_config.json"):
+        if (path / name).is_file():  # a real checkpoint states its normalisation
+            pre = json.loads((path / name).read_text())
+            mean, std = tuple(pre.get("image_mean", mean)), tuple(pre.get("image_std", std))
+            break
+    return QwenVisionSpec(patch_size=vision.patch_size, merge_size=vision.spatial_merge_size,
+                          temporal_patch_size=vision.temporal_patch_size, image_mean=mean, image_std=std,
+                          timestamps_in_text=qwen3)
+
+
+class TransformersVLM:
+    """``TransformersVLM("allenai/SAGE-MM-Qwen3-VL-8B-SFT_RL", device="cuda")`` or a local folder."""
+
+    def __init__(self, model: str | Path, *, device: str = "cpu", dtype: torch.dtype | None = None) -> None:
+        import transformers
+        from huggingface_hub import snapshot_download
+        from transformers import AutoConfig, AutoTokenizer
+
+        path = Path(model)
+        if not path.is_dir():  # a hub id: transformers' own download (needs the hub)
+            path = Path(snapshot_download(str(model)))
+        config = AutoConfig.from_pretrained(path)
+        if config.model_type not in FAMILIES:
+            raise ValueError(f"{model}: model type {config.model_type!r} is not a supported orchestrator; "
+                             f"use a Qwen2.5-VL or Qwen3-VL checkpoint ({', '.join(FAMILIES)})")
+        if (path / "sage_fast_tiny.json").is_file():
+            warnings.warn(f"{model}: {json.loads((path / 'sage_fast_tiny.json').read_text())['note']}", stacklevel=2)
+        self.name = f"transformers:{model}"
+        self.device = torch.device(device)
+        dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        model_class = getattr(transformers, FAMILIES[config.model_type])
+        self.model = model_class.from_pretrained(path, dtype=dtype).to(self.device).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.family = config.model_type
+        self.spec = _vision_spec(path, config)
+        self.video_token_id = config.video_token_id
+        self.image_token_id = config.image_token_id
+
+    def prompt(self, messages: list[dict[str, Any]], frames: FrameBatch | None) -> tuple[str, dict[str, Any]]:
+        """Qwen ChatML text and the vision tensors for it."""
+        vision: dict[str, Any] = {}
+        chunks = []
+        for message in messages:
+            content = message["content"]
+            if isinstance(content, str):
+                body = content
+            else:
+                parts, video_done = [], False
+                for part in content:
+                    if part.get("type") == "frame":
+                        if frames is None:
+                            raise ValueError("a message refers to frames but none were given")
+                        if not video_done:  # all frames form one video, placed at the first frame
+                            inputs = patchify_frames(frames.data.to(self.device), frames.pts_seconds, self.spec)
+                            vision["pixel_values_videos"] = inputs.pixel_values.to(self.model.dtype)
+                            vision["video_grid_thw"] = inputs.grid_thw.to(self.device)
+                            if self.family == "qwen2_5_vl":
+                                vision["second_per_grid_ts"] = torch.tensor([second_per_grid(inputs, self.spec)])
+                            parts.append(video_prompt_text(inputs, self.spec))
+                            video_done = True
+                    elif part.get("type") == "text":
+                        parts.append(part["text"])
+                body = "".join(parts)
+            chunks.append(f"<|im_start|>{message['role']}\n{body}<|im_end|>\n")
+        chunks.append("<|im_start|>assistant\n")
+        return "".join(chunks), vision
+
+    @torch.inference_mode()
+    def generate(self, messages: list[dict[str, Any]], frames: FrameBatch | None,
+                 sampling: SamplingConfig) -> Generation:
+        started = time.perf_counter()
+        text, vision = self.prompt(messages, frames)
+        input_ids = self.tokenizer(text, return_tensors="pt").input_ids.to(self.device)
+        kwargs: dict[str, Any] = dict(
+            input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=sampling.max_tokens,
+            do_sample=sampling.temperature > 0, pad_token_id=self.tokenizer.pad_token_id,
+            mm_token_type_ids=mm_token_type_ids(input_ids, image_token_id=self.image_token_id,
+                                                video_token_id=self.video_token_id),
+            **vision,
+        )
+        if sampling.temperature > 0:
+            kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p)
+        if sampling.seed is not None:
+            torch.manual_seed(sampling.seed)
+        output = self.model.generate(**kwargs)
+        new = output[0, input_ids.shape[1]:]
+        return Generation(text=self.tokenizer.decode(new, skip_special_tokens=True), tokens_in=int(input_ids.shape[1]),
+                          tokens_out=int(new.shape[0]), seconds=time.perf_counter() - started)

@@ -119,4 +119,5 @@ class FloorDecoder:
         stats = {"packets_sent": sum(map(len, self.packets.values())),
                  "frames_decoded": sum(r["decoded"] for r in results), "tasks": len(self.tasks),
                  "workers": len(self.runs)}
-        return Decoded(None, ticks.astype(np.float64) * float(self.time_base), stats=stats)
+        seconds = ticks.astype(np.float64) * self.time_base.numerator / self.time_base.denominator
+        return Decoded(None, seconds, stats=stats)

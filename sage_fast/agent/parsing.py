@@ -110,6 +110,17 @@ def _load(candidate: str) -> tuple[dict[str, Any] | None, bool]:
     return (value if isinstance(value, dict) and value else None), True
 
 
+def extract_json(text: str) -> tuple[dict[str, Any] | None, bool]:
+    """(the first JSON object in ``text``, whether it needed repair); (None, ...) when none."""
+    repaired_any = False
+    for candidate in _candidates(text or ""):
+        data, repaired = _load(candidate)
+        repaired_any = repaired_any or repaired
+        if data is not None:
+            return data, repaired
+    return None, repaired_any
+
+
 def keys_exact(data: dict[str, Any], stage: Stage) -> bool:
     """True when every level has exactly the keys the stage's format defines."""
     expected = STAGE1_KEYS if stage == "stage1" else STAGE2_KEYS

@@ -22,6 +22,7 @@ from sage_fast.models.base import Orchestrator, SamplingConfig
 from sage_fast.tools.context import ToolContext
 from sage_fast.tools.registry import Tool, ToolRegistry
 from sage_fast.tools.video_tools import extract_parts_from_timestamp
+from sage_fast.tools.vlm_tools import VLMTools
 from sage_fast.video.qwen_resize import QwenResizeConfig, visual_tokens_per_frame
 
 NO_TOOL_NOTE = ("No tool was requested although the question was judged not answerable yet. "
@@ -50,9 +51,12 @@ class AgentConfig:
                              f"{self.min_frame_tokens}, {self.max_frame_tokens}")
 
 
-def default_tools() -> list[Tool]:
-    """The tools that need no model or network: extract-video-parts (others come with their backends)."""
-    return [Tool(extract_parts_from_timestamp)]
+def default_tools(orchestrator: Orchestrator, tool_vlm: Orchestrator | None = None) -> list[Tool]:
+    """extract-video-parts, plus ground-event and analyze on ``tool_vlm`` (default: the
+    orchestrator itself, shared, as a first run on one GPU needs). Speech and web search join
+    when their backends are configured."""
+    vlm = VLMTools(tool_vlm or orchestrator)
+    return [Tool(extract_parts_from_timestamp), Tool(vlm.identify_timestamps_visually), Tool(vlm.perform_reasoning)]
 
 
 class Agent:
@@ -62,7 +66,7 @@ class Agent:
                  config: AgentConfig | None = None) -> None:
         self.orchestrator = orchestrator
         self.config = config or AgentConfig()
-        self.registry = ToolRegistry(tools if tools is not None else default_tools())
+        self.registry = ToolRegistry(tools if tools is not None else default_tools(orchestrator))
         self.prompts = PromptSet.load(self.config.prompts_dir)
         # 128-192 tokens per frame (128*28*28 to 192*28*28 pixels for Qwen2.5-VL's 14-px patches);
         # frame sides follow the orchestrator's patch size (16 px for Qwen3-VL).

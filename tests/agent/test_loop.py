@@ -163,3 +163,14 @@ def test_view_writes_a_self_contained_escaped_page(openai_stub, video: Path, tmp
     assert "http" not in page.replace(openai_stub.url, "")  # nothing loaded from anywhere
     assert main(["view", str(tmp_path / "missing.jsonl")]) == 1
     assert "no such file" in capsys.readouterr().err
+
+
+def test_grounding_through_the_loop_uses_the_shared_model(openai_stub, video: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    ground = {"rationale": "when", "name": "identify_timestamps_visually",
+              "arguments": {"video_path": str(video), "event": "counter at 100", "timestamp_start": "00:01:00",
+                            "timestamp_end": "00:03:00"}}
+    openai_stub.replies = [stage1(None, [ground]), '{"start": 40, "end": 41}', stage2(True, "00:01:40", [])]
+    trajectory = make_agent(openai_stub, tmp_path).run(video, "When does the counter show 100?")
+    (call,) = trajectory.tool_calls
+    assert call.result.startswith("The event 'counter at 100' happens from 00:01:40 to 00:01:41")
+    assert trajectory.answer == "00:01:40" and len(openai_stub.requests) == 3

@@ -26,6 +26,7 @@ class OpenAIStub:
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         self.replies: list[str] = []
+        self.transcriptions: list[dict] = []  # verbose_json bodies for /audio/transcriptions
         self.requests: list[dict] = []
         self.headers: list[dict] = []
         stub = self
@@ -35,9 +36,19 @@ class OpenAIStub:
                 pass
 
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                stub.requests.append(body)
+                raw = self.rfile.read(int(self.headers["Content-Length"]))
                 stub.headers.append({k.lower(): v for k, v in self.headers.items()})
+                if self.path.endswith("/audio/transcriptions"):
+                    stub.requests.append({"multipart": raw})
+                    payload = json.dumps(stub.transcriptions.pop(0)).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                body = json.loads(raw)
+                stub.requests.append(body)
                 if not self.path.endswith("/chat/completions") or not stub.replies:
                     self.send_response(500)
                     self.end_headers()

@@ -21,8 +21,10 @@ from sage_fast.agent.trajectory import COULD_NOT_PRODUCE, ToolCallRecord, Trajec
 from sage_fast.models.base import Orchestrator, SamplingConfig
 from sage_fast.tools.context import ToolContext
 from sage_fast.tools.registry import Tool, ToolRegistry
+from sage_fast.tools.speech import SpeechBackend, SpeechTools
 from sage_fast.tools.video_tools import extract_parts_from_timestamp
 from sage_fast.tools.vlm_tools import VLMTools
+from sage_fast.tools.web_tools import WebConfig, WebTools
 from sage_fast.video.qwen_resize import QwenResizeConfig, visual_tokens_per_frame
 
 NO_TOOL_NOTE = ("No tool was requested although the question was judged not answerable yet. "
@@ -51,12 +53,19 @@ class AgentConfig:
                              f"{self.min_frame_tokens}, {self.max_frame_tokens}")
 
 
-def default_tools(orchestrator: Orchestrator, tool_vlm: Orchestrator | None = None) -> list[Tool]:
+def default_tools(orchestrator: Orchestrator, tool_vlm: Orchestrator | None = None, *,
+                  speech: SpeechBackend | None = None, web: WebConfig | None = None) -> list[Tool]:
     """extract-video-parts, plus ground-event and analyze on ``tool_vlm`` (default: the
-    orchestrator itself, shared, as a first run on one GPU needs). Speech and web search join
-    when their backends are configured."""
+    orchestrator itself, shared, as a first run on one GPU needs); transcribe-speech when a
+    speech backend is given, web search and the page reader when a web configuration is."""
     vlm = VLMTools(tool_vlm or orchestrator)
-    return [Tool(extract_parts_from_timestamp), Tool(vlm.identify_timestamps_visually), Tool(vlm.perform_reasoning)]
+    tools = [Tool(extract_parts_from_timestamp), Tool(vlm.identify_timestamps_visually), Tool(vlm.perform_reasoning)]
+    if speech is not None:
+        tools.append(Tool(SpeechTools(speech).verbal_transcript))
+    if web is not None:
+        web_tools = WebTools(web)
+        tools += [Tool(web_tools.unified_web_search), Tool(web_tools.parse_web_data)]
+    return tools
 
 
 class Agent:

@@ -19,6 +19,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="cpu", help="device for a local model (cpu, cuda, cuda:1)")
     parser.add_argument("--max-tokens", type=int, default=None, help="tokens per model call (default 2048; 64 for tiny)")
     parser.add_argument("--model", default=None, help="model name on the server (default: the server's only model)")
+    parser.add_argument("--tool-model", default=None,
+                        help="model for grounding and analysis, same forms as --orchestrator (default: the orchestrator)")
+    parser.add_argument("--asr", default="none",
+                        help="speech backend: faster-whisper:MODEL (size name or CTranslate2 folder), openai:URL, or none")
+    parser.add_argument("--search", default="none", choices=("serper", "ddgs", "none"),
+                        help="web search and page reading (serper needs SERPER_API_KEY)")
     parser.add_argument("--num-frames", type=int, default=128)
     parser.add_argument("--max-steps", type=int, default=10, help="Stage-2 steps before giving up")
     parser.add_argument("--work-dir", default=None, help="where tools write frames and clips")
@@ -71,6 +77,20 @@ def make_orchestrator(spec: str, model: str | None, device: str = "cpu"):  # noq
                      "folder, or tiny")
 
 
+def make_speech(spec: str, device: str):  # noqa: ANN201 (a SpeechBackend or None)
+    if spec == "none":
+        return None
+    if spec.startswith("faster-whisper:"):
+        from sage_fast.tools.speech import FasterWhisperTranscriber
+
+        return FasterWhisperTranscriber(spec.removeprefix("faster-whisper:"), device="cuda" if "cuda" in device else "cpu")
+    if spec.startswith("openai:"):
+        from sage_fast.tools.speech import OpenAITranscriber
+
+        return OpenAITranscriber(spec.removeprefix("openai:"))
+    raise ValueError(f"--asr {spec!r}: give faster-whisper:MODEL, openai:URL or none")
+
+
 def run(args: argparse.Namespace) -> int:
     from sage_fast.agent.loop import Agent, AgentConfig
     from sage_fast.agent.trajectory import append_jsonl
@@ -80,7 +100,13 @@ def run(args: argparse.Namespace) -> int:
     max_tokens = args.max_tokens or (64 if args.orchestrator in TINY else 2048)
     config = AgentConfig(num_frames=args.num_frames, max_stage2_steps=args.max_steps, work_dir=args.work_dir,
                          sampling=SamplingConfig(max_tokens=max_tokens))
-    trajectory = Agent(orchestrator, config=config).run(Path(args.video), args.question)
+    from sage_fast.agent.loop import default_tools
+    from sage_fast.tools.web_tools import WebConfig
+
+    tool_vlm = make_orchestrator(args.tool_model, None, args.device) if args.tool_model else None
+    tools = default_tools(orchestrator, tool_vlm, speech=make_speech(args.asr, args.device),
+                          web=None if args.search == "none" else WebConfig(search_backend=args.search))
+    trajectory = Agent(orchestrator, tools=tools, config=config).run(Path(args.video), args.question)
     for turn in trajectory.turns:
         label = "Stage-1" if turn.stage == "stage1" else f"Stage-2 step {turn.step}"
         print(f"[{label}] {turn.generate_seconds:.1f} s, {turn.tokens_in} tokens in, {turn.tokens_out} out"

@@ -174,3 +174,23 @@ def test_grounding_through_the_loop_uses_the_shared_model(openai_stub, video: Pa
     (call,) = trajectory.tool_calls
     assert call.result.startswith("The event 'counter at 100' happens from 00:01:40 to 00:01:41")
     assert trajectory.answer == "00:01:40" and len(openai_stub.requests) == 3
+
+
+def test_ask_wires_speech_and_search_tools(openai_stub, video: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    from sage_fast.cli.main import main
+
+    speech = {"rationale": "listen", "name": "verbal_transcript",
+              "arguments": {"video_path": str(video), "timestamp_start": "00:00:00", "timestamp_end": "00:01:00"}}
+    openai_stub.replies = [stage1(None, [speech]), stage2(True, "silence", [])]
+    assert main(["ask", str(video), "What is said?", "--orchestrator", f"openai:{openai_stub.url}", "--model", "m",
+                 "--asr", f"openai:{openai_stub.url}", "--search", "ddgs", "--work-dir", str(tmp_path / "w"),
+                 "--out", str(tmp_path / "t.jsonl")]) == 0
+    system = openai_stub.requests[0]["messages"][0]["content"]
+    for name in ("verbal_transcript", "unified_web_search", "parse_web_data", "identify_timestamps_visually"):
+        assert f'"name": "{name}"' in system
+    (call,) = next(read_jsonl(tmp_path / "t.jsonl")).tool_calls
+    assert call.result == "The video has no audio track, so there is no speech to transcribe."
+    capsys.readouterr()
+    assert main(["ask", str(video), "q", "--orchestrator", f"openai:{openai_stub.url}", "--model", "m",
+                 "--asr", "bogus"]) == 1
+    assert "--asr 'bogus'" in capsys.readouterr().err

@@ -147,6 +147,39 @@ class Agent:
         trajectory.answer, trajectory.could_not_produce = COULD_NOT_PRODUCE, True
         return self._finish(trajectory, started)
 
+    async def arun(self, video_path: str | Path, question: str, *, metadata: dict[str, Any] | None = None) -> Trajectory:
+        """:meth:`run` in a worker thread, for asyncio pipelines (decoding and HTTP release the GIL)."""
+        import asyncio
+
+        return await asyncio.to_thread(self.run, video_path, question, metadata=metadata)
+
+    def run_many(self, items: list[tuple[str | Path, str]] | list[dict[str, Any]], *, concurrency: int = 4,
+                 progress: bool = True) -> list[Trajectory]:
+        """Runs episodes concurrently; results keep the input order. Items are (video, question)
+        pairs or dicts with ``video``, ``question`` and optional ``metadata``. An episode that
+        raises is returned with ``error`` set, and the others go on."""
+        import concurrent.futures
+
+        from tqdm.auto import tqdm
+
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        normalized = [item if isinstance(item, dict) else {"video": item[0], "question": item[1]} for item in items]
+
+        def one(item: dict[str, Any]) -> Trajectory:
+            try:
+                return self.run(item["video"], item["question"], metadata=item.get("metadata"))
+            except Exception as exc:  # one bad video must not sink the batch
+                return Trajectory(video_path=str(item["video"]), question=item["question"],
+                                  error=f"{type(exc).__name__}: {exc}", metadata=dict(item.get("metadata") or {}))
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=concurrency) as pool, \
+                tqdm(total=len(normalized), unit="episode", disable=not progress or None) as bar:
+            futures = [pool.submit(one, item) for item in normalized]
+            for _done in concurrent.futures.as_completed(futures):
+                bar.update(1)
+            return [f.result() for f in futures]
+
     @staticmethod
     def _call_dict(record: ToolCallRecord | None) -> dict[str, Any] | None:
         return None if record is None else {"name": record.name, "arguments": record.arguments}

@@ -194,3 +194,16 @@ def test_ask_wires_speech_and_search_tools(openai_stub, video: Path, tmp_path: P
     assert main(["ask", str(video), "q", "--orchestrator", f"openai:{openai_stub.url}", "--model", "m",
                  "--asr", "bogus"]) == 1
     assert "--asr 'bogus'" in capsys.readouterr().err
+
+
+def test_run_many_keeps_order_and_isolates_failures(openai_stub, video: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    import asyncio
+
+    openai_stub.replies = [stage1("a", []), stage1("a", []), stage1("b", [])]
+    agent = make_agent(openai_stub, tmp_path)
+    results = agent.run_many([(video, "q1"), {"video": tmp_path / "missing.mp4", "question": "q2"},
+                              {"video": video, "question": "q3", "metadata": {"id": 3}}], concurrency=1, progress=False)
+    assert [r.question for r in results] == ["q1", "q2", "q3"]
+    assert results[0].answer == "a" and results[2].metadata == {"id": 3}
+    assert results[1].error.startswith("VideoNotFoundError") and results[1].answer is None
+    assert asyncio.run(agent.arun(video, "q4")).answer == "b"

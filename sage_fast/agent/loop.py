@@ -83,6 +83,15 @@ class Agent:
         self.resize = QwenResizeConfig.from_token_budget(self.config.min_frame_tokens, self.config.max_frame_tokens,
                                                          patch_size=getattr(spec, "patch_size", 14))
 
+    @classmethod
+    def from_pretrained(cls, model: str | Path, *, device: str = "cpu", tools: list[Tool] | None = None,
+                        config: AgentConfig | None = None) -> Agent:
+        """``Agent.from_pretrained("allenai/SAGE-MM-Qwen3-VL-8B-SFT_RL", device="cuda")`` or a local
+        folder: the model is the orchestrator and, shared, the tool VLM for grounding and analysis."""
+        from sage_fast.models.transformers_backend import TransformersVLM
+
+        return cls(TransformersVLM(model, device=device), tools=tools, config=config)
+
     def _turn(self, stage: str, step: int, messages: list[dict[str, Any]], frames: Any) -> tuple[Turn, ParsedOutput]:
         generation = self.orchestrator.generate(messages, frames, self.config.sampling)
         parsed = parse_output(generation.text, stage)  # type: ignore[arg-type]

@@ -72,3 +72,14 @@ def test_unsupported_model_type_is_a_clear_error(tmp_path: Path) -> None:
                 vocab_size=64).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="not a supported orchestrator"):
         TransformersVLM(tmp_path)
+
+
+def test_agent_from_pretrained_on_a_local_folder(tmp_path: Path, video: Path) -> None:
+    folder = build_tiny_model(tmp_path / "tiny", "qwen2_5_vl")
+    with pytest.warns(UserWarning, match="meaningless"):
+        agent = Agent.from_pretrained(folder, config=AgentConfig(num_frames=4, max_stage2_steps=1,
+                                                                 work_dir=str(tmp_path / "w"),
+                                                                 sampling=SamplingConfig(max_tokens=8)))
+    assert isinstance(agent.orchestrator, TransformersVLM)
+    assert {"extract_parts_from_timestamp", "identify_timestamps_visually", "perform_reasoning"} <= set(agent.registry.tools)
+    assert agent.run(video, "q").turns[0].frames == 4

@@ -18,9 +18,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from sage_fast import _ext
 from sage_fast.video import VideoDecodeError, VideoNotFoundError, VideoOpenError, VideoReader
-from sage_fast.video.backends import torchcodec_available
+from sage_fast.video.backends import cpu_backends
 from sage_fast.video.synth import (
     IndexedVideoSpec,
     frame_times,
@@ -31,11 +30,7 @@ from sage_fast.video.synth import (
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg CLI")
 
-BACKENDS = ["pyav"]
-if _ext.has_native_decoder():
-    BACKENDS.insert(0, "native")
-if torchcodec_available():
-    BACKENDS.append("torchcodec")
+BACKENDS = cpu_backends()
 
 DEADLINE_S = 30.0
 TRUNCATED = IndexedVideoSpec(num_frames=60, gop=12, bframes=2)

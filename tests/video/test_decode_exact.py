@@ -16,17 +16,13 @@ import pytest
 
 from sage_fast import _ext
 from sage_fast.video import BackendUnavailableError, VideoReader, clear_video_cache, open_video
-from sage_fast.video.backends import torchcodec_available
+from sage_fast.video.backends import cpu_backends
 from sage_fast.video.index import build_index_pyav, index_from_native
 from sage_fast.video.synth import IndexedVideoSpec, make_indexed_video, read_frame_index
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg CLI")
 
-BACKENDS = ["pyav"]
-if _ext.has_native_decoder():
-    BACKENDS.insert(0, "native")
-if torchcodec_available():
-    BACKENDS.append("torchcodec")
+BACKENDS = cpu_backends()
 
 SPECS = {
     "h264_bframes_mp4": ("v.mp4", IndexedVideoSpec(num_frames=75, gop=12, bframes=3)),

@@ -20,6 +20,15 @@ def torchcodec_available() -> bool:
     return True
 
 
+def cpu_backends() -> list[str]:
+    """The CPU backends that work in this installation, fastest first (doctor and tests use it)."""
+    names = ["native"] if _ext.has_native_decoder() else []
+    names.append("pyav")
+    if torchcodec_available():
+        names.append("torchcodec")
+    return names
+
+
 def choose_backend(backend: str, device: str) -> str:
     """Resolves ``auto``: DALI on a GPU, else the native core, else torchcodec, else PyAV.
 
@@ -80,4 +89,4 @@ def _shared_index(path: Path):  # noqa: ANN202 (VideoIndex)
     return build_index_pyav(path)
 
 
-__all__ = ["BACKENDS", "DecodeBackend", "choose_backend", "open_backend", "torchcodec_available"]
+__all__ = ["BACKENDS", "DecodeBackend", "choose_backend", "cpu_backends", "open_backend", "torchcodec_available"]

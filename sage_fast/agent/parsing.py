@@ -110,15 +110,21 @@ def _load(candidate: str) -> tuple[dict[str, Any] | None, bool]:
     return (value if isinstance(value, dict) and value else None), True
 
 
-def extract_json(text: str) -> tuple[dict[str, Any] | None, bool]:
-    """(the first JSON object in ``text``, whether it needed repair); (None, ...) when none."""
+def _first_object(text: str) -> tuple[dict[str, Any] | None, str | None, bool]:
+    """(object, the text it came from, whether repair was needed) for the best candidate."""
     repaired_any = False
     for candidate in _candidates(text or ""):
         data, repaired = _load(candidate)
         repaired_any = repaired_any or repaired
         if data is not None:
-            return data, repaired
-    return None, repaired_any
+            return data, candidate, repaired
+    return None, None, repaired_any
+
+
+def extract_json(text: str) -> tuple[dict[str, Any] | None, bool]:
+    """(the first JSON object in ``text``, whether it needed repair); (None, ...) when none."""
+    data, _, repaired = _first_object(text)
+    return data, repaired
 
 
 def keys_exact(data: dict[str, Any], stage: Stage) -> bool:
@@ -164,12 +170,9 @@ def parse_output(text: str, stage: Stage) -> ParsedOutput:
         raise ValueError(f"stage must be 'stage1' or 'stage2', got {stage!r}")
     if not isinstance(text, str) or not text.strip():
         return ParsedOutput(stage, None, None, repaired=False, keys_exact=False, error="empty output")
-    tried_repair = False
-    for candidate in _candidates(text):
-        data, repaired = _load(candidate)
-        tried_repair = tried_repair or repaired
-        if data is not None:
-            return ParsedOutput(stage, data, candidate, repaired=repaired, keys_exact=keys_exact(data, stage),
-                                tool_calls=_tool_calls(data))
-    return ParsedOutput(stage, None, None, repaired=tried_repair, keys_exact=False,
+    data, candidate, repaired = _first_object(text)
+    if data is not None:
+        return ParsedOutput(stage, data, candidate, repaired=repaired, keys_exact=keys_exact(data, stage),
+                            tool_calls=_tool_calls(data))
+    return ParsedOutput(stage, None, None, repaired=repaired, keys_exact=False,
                         error="no JSON object found in the output")

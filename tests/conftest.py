@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+# Triton decides interpreter-or-compiled when a kernel is defined, so this must run before any
+# test imports sage_fast.kernels: without a GPU the kernels run in Triton's CPU interpreter.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from sage_fast import envs
 

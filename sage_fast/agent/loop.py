@@ -9,6 +9,8 @@ the first requested call runs; the episode stops on a true verdict with an answe
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ from sage_fast.agent.parsing import ParsedOutput, parse_output
 from sage_fast.agent.prompts import PromptSet, stage1_messages, stage2_messages
 from sage_fast.agent.trajectory import COULD_NOT_PRODUCE, ToolCallRecord, Trajectory, Turn
 from sage_fast.models.base import Orchestrator, SamplingConfig
+from sage_fast.tools.cache import ToolResultCache
 from sage_fast.tools.context import ToolContext
 from sage_fast.tools.registry import Tool, ToolRegistry
 from sage_fast.tools.speech import SpeechBackend, SpeechTools
@@ -43,6 +46,10 @@ class AgentConfig:
     prompts_dir: str | None = field(default=None, metadata={"help": "folder with the four prompt files"})
     work_dir: str | None = field(default=None, metadata={"help": "where tools write files (default: a temp dir)"})
     video_backend: str = field(default="auto", metadata={"help": "decode backend for sage_fast.video"})
+    tool_cache_dir: str | None = field(default=None, metadata={
+        "help": "folder of the on-disk tool-result cache shared across episodes (None: off)"})
+    tool_cache_max_age_s: float | None = field(default=None, metadata={
+        "help": "cached results older than this are recomputed (web pages change); None: never"})
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     def __post_init__(self) -> None:
@@ -75,7 +82,9 @@ class Agent:
                  config: AgentConfig | None = None) -> None:
         self.orchestrator = orchestrator
         self.config = config or AgentConfig()
-        self.registry = ToolRegistry(tools if tools is not None else default_tools(orchestrator))
+        cache = (ToolResultCache(self.config.tool_cache_dir, max_age_s=self.config.tool_cache_max_age_s)
+                 if self.config.tool_cache_dir else None)
+        self.registry = ToolRegistry(tools if tools is not None else default_tools(orchestrator), cache=cache)
         self.prompts = PromptSet.load(self.config.prompts_dir)
         # 128-192 tokens per frame (128*28*28 to 192*28*28 pixels for Qwen2.5-VL's 14-px patches);
         # frame sides follow the orchestrator's patch size (16 px for Qwen3-VL).
@@ -92,8 +101,15 @@ class Agent:
 
         return cls(TransformersVLM(model, device=device), tools=tools, config=config)
 
-    def _turn(self, stage: str, step: int, messages: list[dict[str, Any]], frames: Any) -> tuple[Turn, ParsedOutput]:
-        generation = self.orchestrator.generate(messages, frames, self.config.sampling)
+    async def _generate(self, messages: list[dict[str, Any]], frames: Any) -> Any:
+        """The orchestrator call, off the event loop (``agenerate`` when the backend has one)."""
+        agenerate = getattr(self.orchestrator, "agenerate", None)
+        if agenerate is not None:
+            return await agenerate(messages, frames, self.config.sampling)
+        return await asyncio.to_thread(self.orchestrator.generate, messages, frames, self.config.sampling)
+
+    async def _turn(self, stage: str, step: int, messages: list[dict[str, Any]], frames: Any) -> tuple[Turn, ParsedOutput]:
+        generation = await self._generate(messages, frames)
         parsed = parse_output(generation.text, stage)  # type: ignore[arg-type]
         turn = Turn(stage=stage, step=step, messages=messages, raw_output=generation.text, parsed=parsed.data,  # type: ignore[arg-type]
                     repaired=parsed.repaired, keys_exact=parsed.keys_exact, parse_error=parsed.error,
@@ -101,30 +117,44 @@ class Agent:
                     tokens_out=generation.tokens_out)
         return turn, parsed
 
-    def _run_tool(self, context: ToolContext, parsed: ParsedOutput, turn: Turn, trajectory: Trajectory) -> None:
+    async def _run_tool(self, context: ToolContext, parsed: ParsedOutput, turn: Turn, trajectory: Trajectory) -> None:
         call = parsed.tool_calls[0]  # only the first requested call runs
-        record = self.registry.call(context, call, trajectory.tool_calls)
+        record = await self.registry.acall(context, call, trajectory.tool_calls)
         turn.tool_call = record
         trajectory.cost.tool_calls += 1
         trajectory.cost.tool_seconds += record.seconds
+        trajectory.cost.tool_cache_hits += int(record.cached)
 
     def run(self, video_path: str | Path, question: str, *, metadata: dict[str, Any] | None = None) -> Trajectory:
+        """One episode, blocking. Works inside a running event loop too (Jupyter): the episode
+        then runs on its own loop in a helper thread."""
+        coroutine = self.arun(video_path, question, metadata=metadata)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(coroutine)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(asyncio.run, coroutine).result()
+
+    async def arun(self, video_path: str | Path, question: str, *, metadata: dict[str, Any] | None = None) -> Trajectory:
+        """One episode as a coroutine: decoding, model calls and tools run in worker threads, so
+        an asyncio driver keeps other episodes generating while this one waits on a tool."""
         started = time.perf_counter()
         work = Path(self.config.work_dir) if self.config.work_dir else Path(tempfile.mkdtemp(prefix="sage_episode_"))
         context = ToolContext(video_path=Path(video_path), work_dir=work, backend=self.config.video_backend)
-        reader = context.reader
-        meta = reader.metadata
+        meta = (await asyncio.to_thread(lambda: context.reader)).metadata
         trajectory = Trajectory(video_path=str(context.video_path), question=question,
                                 duration_seconds=meta.end_seconds, turn_cap=self.config.max_stage2_steps,
                                 metadata=dict(metadata or {}))
         cost = trajectory.cost
         size = self.resize.output_size(meta.height, meta.width)
-        frames = reader.sample_uniform(self.config.num_frames, self.config.max_fps, size=size)
+        frames = await asyncio.to_thread(context.reader.sample_uniform, self.config.num_frames,
+                                         self.config.max_fps, size=size)
         schemas = self.registry.schemas
         messages = stage1_messages(self.prompts, question=question, video_path=str(context.video_path),
                                    duration=meta.end_seconds, frame_times=frames.pts_seconds.tolist(),
                                    schemas=schemas)
-        turn, parsed = self._turn("stage1", 0, messages, frames)
+        turn, parsed = await self._turn("stage1", 0, messages, frames)
         turn.frames = len(frames)
         turn.visual_tokens = len(frames) * visual_tokens_per_frame(size[0], size[1], self.resize)
         cost.frames_decoded += len(frames)
@@ -134,7 +164,7 @@ class Agent:
             trajectory.answer, trajectory.answer_stage = parsed.final_answer, "stage1"
             return self._finish(trajectory, started)
         if parsed.tool_calls:
-            self._run_tool(context, parsed, turn, trajectory)
+            await self._run_tool(context, parsed, turn, trajectory)
         video_context = str(parsed.data.get("video_context") or "") if parsed.data else ""
         results: list[tuple[str, str]] = [(r.name, r.result) for r in trajectory.tool_calls]
         previous = self._call_dict(turn.tool_call)
@@ -142,13 +172,13 @@ class Agent:
             messages = stage2_messages(self.prompts, question=question, video_path=str(context.video_path),
                                        duration=meta.end_seconds, video_context=video_context,
                                        previous_call=previous, tool_results=results, schemas=schemas)
-            turn, parsed = self._turn("stage2", step, messages, None)
+            turn, parsed = await self._turn("stage2", step, messages, None)
             trajectory.turns.append(turn)
             if parsed.verdict and parsed.final_answer is not None:
                 trajectory.answer, trajectory.answer_stage = parsed.final_answer, "stage2"
                 return self._finish(trajectory, started)
             if parsed.tool_calls:
-                self._run_tool(context, parsed, turn, trajectory)
+                await self._run_tool(context, parsed, turn, trajectory)
                 results.append((turn.tool_call.name, turn.tool_call.result))
                 previous = self._call_dict(turn.tool_call)
             else:
@@ -156,38 +186,42 @@ class Agent:
         trajectory.answer, trajectory.could_not_produce = COULD_NOT_PRODUCE, True
         return self._finish(trajectory, started)
 
-    async def arun(self, video_path: str | Path, question: str, *, metadata: dict[str, Any] | None = None) -> Trajectory:
-        """:meth:`run` in a worker thread, for asyncio pipelines (decoding and HTTP release the GIL)."""
-        import asyncio
-
-        return await asyncio.to_thread(self.run, video_path, question, metadata=metadata)
-
     def run_many(self, items: list[tuple[str | Path, str]] | list[dict[str, Any]], *, concurrency: int = 4,
                  progress: bool = True) -> list[Trajectory]:
         """Runs episodes concurrently; results keep the input order. Items are (video, question)
         pairs or dicts with ``video``, ``question`` and optional ``metadata``. An episode that
         raises is returned with ``error`` set, and the others go on."""
-        import concurrent.futures
+        coroutine = self.arun_many(items, concurrency=concurrency, progress=progress)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(coroutine)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(asyncio.run, coroutine).result()
 
+    async def arun_many(self, items: list[tuple[str | Path, str]] | list[dict[str, Any]], *, concurrency: int = 4,
+                        progress: bool = True) -> list[Trajectory]:
+        """:meth:`run_many` as a coroutine: at most ``concurrency`` episodes in flight on one loop."""
         from tqdm.auto import tqdm
 
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
         normalized = [item if isinstance(item, dict) else {"video": item[0], "question": item[1]} for item in items]
+        gate = asyncio.Semaphore(concurrency)
 
-        def one(item: dict[str, Any]) -> Trajectory:
-            try:
-                return self.run(item["video"], item["question"], metadata=item.get("metadata"))
-            except Exception as exc:  # one bad video must not sink the batch
-                return Trajectory(video_path=str(item["video"]), question=item["question"],
-                                  error=f"{type(exc).__name__}: {exc}", metadata=dict(item.get("metadata") or {}))
+        with tqdm(total=len(normalized), unit="episode", disable=not progress or None) as bar:
+            async def one(item: dict[str, Any]) -> Trajectory:
+                async with gate:
+                    try:
+                        return await self.arun(item["video"], item["question"], metadata=item.get("metadata"))
+                    except Exception as exc:  # one bad video must not sink the batch
+                        return Trajectory(video_path=str(item["video"]), question=item["question"],
+                                          error=f"{type(exc).__name__}: {exc}",
+                                          metadata=dict(item.get("metadata") or {}))
+                    finally:
+                        bar.update(1)
 
-        with concurrent.futures.ThreadPoolExecutor(max_workers=concurrency) as pool, \
-                tqdm(total=len(normalized), unit="episode", disable=not progress or None) as bar:
-            futures = [pool.submit(one, item) for item in normalized]
-            for _done in concurrent.futures.as_completed(futures):
-                bar.update(1)
-            return [f.result() for f in futures]
+            return list(await asyncio.gather(*(one(item) for item in normalized)))
 
     @staticmethod
     def _call_dict(record: ToolCallRecord | None) -> dict[str, Any] | None:

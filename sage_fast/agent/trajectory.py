@@ -33,7 +33,8 @@ class ToolCallRecord:
     result: str = ""
     error: bool = False  # result is an error message (invalid call, tool exception, time-out)
     seconds: float = 0.0
-    cached: bool = False
+    cached: bool = False  # served from the shared tool-result cache
+    attempts: int = 1  # tries, retries after transient network failures included
     repeat: int = 0  # how many earlier calls in the episode had the same name and arguments
 
 
@@ -68,6 +69,7 @@ class Cost:
     tokens_out: int = 0
     tool_calls: int = 0
     tool_seconds: float = 0.0
+    tool_cache_hits: int = 0
     seconds: float = 0.0
 
 

@@ -1,8 +1,16 @@
-"""The tools an agent may call: lookup by name, argument validation, time-outs, and every
-failure turned into a result message instead of an exception (the TRL tool-loop pattern)."""
+"""The tools an agent may call: lookup by name, argument validation, time-outs, retries, the
+shared result cache, and every failure turned into a result message instead of an exception (the
+TRL tool-loop pattern).
+
+Tools run in worker threads: a hung tool is cut at its time-out (the thread is abandoned, the
+episode goes on with an error result), and :meth:`ToolRegistry.acall` lets an asyncio driver (the
+agent's :meth:`~sage_fast.agent.loop.Agent.arun`, the rollout scheduler) keep generating for other
+episodes while one episode's tool runs.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import json
 import time
@@ -12,55 +20,99 @@ from typing import Any
 
 from sage_fast.agent.parsing import ToolCall
 from sage_fast.agent.trajectory import ToolCallRecord
+from sage_fast.tools.cache import ToolResultCache, content_fingerprint, not_cacheable  # noqa: F401 (re-export)
 from sage_fast.tools.context import ToolContext, ToolInputError
+from sage_fast.tools.retry import RetryPolicy, call_with_retries
 from sage_fast.tools.schema import function_schema, validate_arguments
+from sage_fast.video.timecode import parse_timestamp
 
 DEFAULT_TIMEOUT_S = 300.0
 
 
 @dataclass
 class Tool:
-    """A callable ``fn(context, **arguments) -> str`` with the schema the model sees."""
+    """A callable ``fn(context, **arguments) -> str`` with the schema the model sees.
+
+    ``cacheable``: whether results may be reused across episodes (False for tools whose result
+    names files in the episode's own work folder). ``backend``: what else the result depends on
+    (the tool model, the speech model, the search provider), part of the cache key; taken from
+    the bound object's ``cache_identity`` when not given.
+    """
 
     fn: Callable[..., str]
     name: str = ""
     timeout_s: float = DEFAULT_TIMEOUT_S
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    cacheable: bool = True
+    backend: str = ""
     schema: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.name = self.name or self.fn.__name__
         self.schema = self.schema or function_schema(self.fn, name=self.name)
+        if not self.backend:
+            self.backend = str(getattr(getattr(self.fn, "__self__", None), "cache_identity", ""))
+        if getattr(self.fn, "sage_not_cacheable", False):
+            self.cacheable = False
+        if self.timeout_s <= 0:
+            raise ValueError(f"tool {self.name!r}: timeout_s must be positive, got {self.timeout_s}")
 
 
 def _canonical(arguments: dict[str, Any]) -> str:
     return json.dumps(arguments, sort_keys=True, ensure_ascii=False)
 
 
-class ToolRegistry:
-    """Runs tool calls for one agent; tools run in worker threads so a hung tool is cut at its
-    time-out (the thread is abandoned, the episode goes on with an error result)."""
+def cache_arguments(context: ToolContext, arguments: dict[str, Any]) -> dict[str, Any]:
+    """Arguments as the cache sees them: content instead of paths, seconds instead of spellings.
 
-    def __init__(self, tools: Iterable[Tool | Callable[..., str]], *, max_workers: int = 8) -> None:
+    ``video_path`` is dropped (the video's fingerprint is part of the key already); each of
+    ``media_paths`` becomes its file's fingerprint (episode work folders differ, contents may
+    not); ``timestamp*`` strings become seconds, so "0:01:00" and "00:01:00" share an entry.
+    """
+    normalized: dict[str, Any] = {}
+    for name, value in arguments.items():
+        if name == "video_path":
+            continue
+        if name == "media_paths" and isinstance(value, list):
+            normalized[name] = [content_fingerprint(context.check_media_path(str(v))) for v in value]
+        elif "timestamp" in name and isinstance(value, str):
+            try:
+                normalized[name] = round(parse_timestamp(value, name=name), 3)
+            except ValueError:
+                normalized[name] = value
+        else:
+            normalized[name] = value
+    return normalized
+
+
+class ToolRegistry:
+    """Runs tool calls for one agent (or many episodes of one agent at once)."""
+
+    def __init__(self, tools: Iterable[Tool | Callable[..., str]], *, max_workers: int = 8,
+                 cache: ToolResultCache | None = None) -> None:
         self.tools: dict[str, Tool] = {}
         for tool in tools:
             tool = tool if isinstance(tool, Tool) else Tool(tool)
             if tool.name in self.tools:
                 raise ValueError(f"two tools are named {tool.name!r}")
             self.tools[tool.name] = tool
+        self.cache = cache
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="sage-tool")
 
     @property
     def schemas(self) -> list[dict[str, Any]]:
         return [tool.schema for tool in self.tools.values()]
 
-    def call(self, context: ToolContext, call: ToolCall, history: list[ToolCallRecord]) -> ToolCallRecord:
-        """Validates and runs ``call``; ``history`` (earlier calls of the episode) counts repeats."""
+    def _prepare(self, context: ToolContext, call: ToolCall,
+                 history: list[ToolCallRecord]) -> tuple[ToolCallRecord, Tool | None, str | None]:
+        """Checks the call; returns the record, the tool to run (None when the record is final)
+        and the cache key (None when the result must not be cached)."""
         record = ToolCallRecord(name=call.name, arguments=dict(call.arguments), rationale=call.rationale)
         tool = self.tools.get(call.name)
         if tool is None:
             record.valid, record.error = False, True
             record.result = f"Unknown tool {call.name!r}. Available tools: {', '.join(self.tools)}."
-            return record
+            return record, None, None
         checked = validate_arguments(tool.schema, call.arguments)
         record.validated_arguments = checked.arguments
         record.dropped_arguments = list(checked.dropped)
@@ -69,22 +121,77 @@ class ToolRegistry:
         if not checked.valid:
             record.valid, record.error = False, True
             record.result = checked.error_message(call.name)
+            return record, None, None
+        cache_key = None
+        if self.cache is not None and tool.cacheable:
+            try:
+                if "video_path" in checked.arguments:
+                    context.check_video_path(str(checked.arguments["video_path"]))
+                cache_key = self.cache.key(tool.name, tool.backend, content_fingerprint(context.video_path),
+                                           cache_arguments(context, checked.arguments))
+            except (ToolInputError, OSError):
+                cache_key = None  # the tool itself will reject the call with the precise message
+            if cache_key is not None and (hit := self.cache.get(cache_key)) is not None:
+                record.result, record.cached = hit.result, True
+                return record, None, None
+        return record, tool, cache_key
+
+    def _execute(self, tool: Tool, context: ToolContext, record: ToolCallRecord) -> str:
+        """Runs in a worker thread: the tool with its retry policy, inside the tool's time-out."""
+        deadline = time.monotonic() + tool.timeout_s
+
+        def count(_attempt: int, _exc: BaseException) -> None:
+            record.attempts += 1
+
+        return str(call_with_retries(lambda: tool.fn(context, **record.validated_arguments), tool.retry,
+                                     deadline=deadline, on_retry=count))
+
+    def _settle(self, record: ToolCallRecord, tool: Tool, future: concurrent.futures.Future | None,
+                exc: BaseException | None, cache_key: str | None, started: float) -> ToolCallRecord:
+        if exc is None and future is not None:
+            record.result = future.result()
+        elif isinstance(exc, (concurrent.futures.TimeoutError, asyncio.TimeoutError)):
+            record.error = True
+            record.result = f"{record.name} timed out after {tool.timeout_s:g} s; try a shorter window or another tool."
+        elif isinstance(exc, ToolInputError):
+            record.valid, record.error = False, True
+            record.result = f"Invalid arguments for {record.name}: {exc}"
+        elif exc is not None:  # a tool's own failure is a result the model can react to
+            record.error = True
+            record.result = f"{record.name} failed: {type(exc).__name__}: {exc}"
+        record.seconds = time.perf_counter() - started
+        if cache_key is not None and not record.error and self.cache is not None:
+            self.cache.put(cache_key, record.result, tool_seconds=record.seconds,
+                           describe={"tool": record.name, "arguments": record.validated_arguments})
+        return record
+
+    def call(self, context: ToolContext, call: ToolCall, history: list[ToolCallRecord]) -> ToolCallRecord:
+        """Validates and runs ``call``; ``history`` (earlier calls of the episode) counts repeats."""
+        record, tool, cache_key = self._prepare(context, call, history)
+        if tool is None:
             return record
         started = time.perf_counter()
-        future = self._pool.submit(tool.fn, context, **checked.arguments)
+        future = self._pool.submit(self._execute, tool, context, record)
         try:
-            record.result = str(future.result(timeout=tool.timeout_s))
-        except concurrent.futures.TimeoutError:
-            record.error = True
-            record.result = f"{call.name} timed out after {tool.timeout_s:g} s; try a shorter window or another tool."
-        except ToolInputError as exc:
-            record.valid, record.error = False, True
-            record.result = f"Invalid arguments for {call.name}: {exc}"
-        except Exception as exc:  # a tool's own failure is a result the model can react to
-            record.error = True
-            record.result = f"{call.name} failed: {type(exc).__name__}: {exc}"
-        record.seconds = time.perf_counter() - started
-        return record
+            future.result(timeout=tool.timeout_s)
+            error = None
+        except BaseException as exc:  # noqa: BLE001 - every failure becomes the tool's result
+            error = exc
+        return self._settle(record, tool, future, error, cache_key, started)
+
+    async def acall(self, context: ToolContext, call: ToolCall, history: list[ToolCallRecord]) -> ToolCallRecord:
+        """:meth:`call` for asyncio drivers: the event loop stays free while the tool runs."""
+        record, tool, cache_key = self._prepare(context, call, history)
+        if tool is None:
+            return record
+        started = time.perf_counter()
+        future = self._pool.submit(self._execute, tool, context, record)
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(future), timeout=tool.timeout_s)
+            error = None
+        except Exception as exc:  # noqa: BLE001 - every failure becomes the tool's result
+            error = exc
+        return self._settle(record, tool, future, error, cache_key, started)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -96,6 +96,7 @@ class SpeechTools:
 
     def __init__(self, backend: SpeechBackend) -> None:
         self.backend = backend
+        self.cache_identity = backend.name  # results depend on the speech model
 
     def verbal_transcript(self, context: ToolContext, video_path: str, timestamp_start: str, timestamp_end: str) -> str:
         """Transcribes the speech in a window of the video, with the time of each segment.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from sage_fast.tools.cache import not_cacheable
 from sage_fast.tools.context import ToolContext, ToolInputError
 from sage_fast.video.timecode import format_timestamp
 
@@ -16,6 +17,7 @@ EXTRACT_MAX_WINDOW_S = 300.0  # extract-video-parts: windows under 5 minutes
 FRAMES_PER_EXTRACT = 10
 
 
+@not_cacheable  # its result names files in the episode's own work folder
 def extract_parts_from_timestamp(context: ToolContext, video_path: str, timestamp_start: str,
                                  timestamp_end: str, extract_type: Literal["frames", "subclips"] = "frames") -> str:
     """Extracts 10 evenly spaced frames, or one subclip, from a window of the video for closer analysis.

@@ -49,6 +49,8 @@ class VLMTools:
     def __init__(self, vlm: Orchestrator, config: VLMToolConfig | None = None) -> None:
         self.vlm = vlm
         self.config = config or VLMToolConfig()
+        # what the tool-result cache keys on besides the arguments: the model and how it is asked
+        self.cache_identity = f"{vlm.name}|{self.config!r}"
         spec = getattr(vlm, "spec", None)
         self.resize = QwenResizeConfig.from_token_budget(min(64, self.config.max_frame_tokens),
                                                          self.config.max_frame_tokens,

@@ -71,6 +71,7 @@ class WebTools:
 
     def __init__(self, config: WebConfig | None = None) -> None:
         self.config = config or WebConfig()
+        self.cache_identity = f"web|{self.config.search_backend}|{self.config.max_page_bytes}"
 
     # -- search -------------------------------------------------------------------------------
     def _serper(self, query: str, kind: str, count: int, key: str) -> list[dict[str, str]]:

@@ -8,6 +8,8 @@
 #include <vector>
 
 #include "build_info.h"
+#include "scheduler/packing.h"
+#include "scheduler/scheduler.h"
 
 #ifdef SAGE_FAST_HAS_FFMPEG
 #include "decode/ffmpeg_util.h"
@@ -64,10 +66,22 @@ py::dict index_arrays(const VideoIndex& index) {
 }
 #endif
 
+// Decisions cross into Python as plain tuples (kind, episode, group, aux, time): the cheapest
+// object pybind11 builds, and what the Python fallback returns too.
+py::list decisions_to_list(const std::vector<sched::Decision>& decisions) {
+  py::list out(decisions.size());
+  for (size_t i = 0; i < decisions.size(); ++i) {
+    const sched::Decision& d = decisions[i];
+    out[i] = py::make_tuple(d.kind, d.episode, d.group, d.aux, d.time);
+  }
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "sage_fast's compiled core: native video decoding over FFmpeg and CUDA queries.";
+  m.doc() = "sage_fast's compiled core: native video decoding over FFmpeg, CUDA queries, the rollout "
+            "scheduler and sample packing.";
 
   m.def("build_info", []() {
     BuildInfo info = build_info();
@@ -88,6 +102,105 @@ PYBIND11_MODULE(_C, m) {
 #endif
   m.def("cuda_device_count", &cuda_device_count,
         "CUDA devices visible to the core (0 without CUDA support, a driver or a device).");
+
+  using sched::Scheduler;
+  py::class_<Scheduler>(m, "RolloutScheduler",
+                        "Deterministic rollout scheduler core: events in, decisions out (see "
+                        "sage_fast/rollout/scheduler.py). Every event returns the decisions it took as "
+                        "(kind, episode, group, aux, time) tuples.")
+      .def(py::init([](int64_t max_seqs, int64_t max_tokens, int32_t max_turns, double tool_timeout,
+                       double episode_timeout, int64_t max_active_groups, bool group_priority) {
+             sched::Config c;
+             c.max_seqs = max_seqs;
+             c.max_tokens = max_tokens;
+             c.max_turns = max_turns;
+             c.tool_timeout = tool_timeout;
+             c.episode_timeout = episode_timeout;
+             c.max_active_groups = max_active_groups;
+             c.group_priority = group_priority;
+             return new Scheduler(c);
+           }),
+           py::arg("max_seqs"), py::arg("max_tokens"), py::arg("max_turns"), py::arg("tool_timeout"),
+           py::arg("episode_timeout"), py::arg("max_active_groups"), py::arg("group_priority"))
+      .def("add_group", [](Scheduler& s, int32_t size, int64_t cost, double now) {
+             const int64_t g = s.add_group(size, cost, now);
+             return py::make_tuple(g, decisions_to_list(s.take()));
+           }, py::arg("size"), py::arg("cost"), py::arg("now"), "-> (group id, decisions)")
+      .def("turn_finished", [](Scheduler& s, int64_t e, int32_t action, int64_t next_cost, double now) {
+             s.turn_finished(e, action, next_cost, now);
+             return decisions_to_list(s.take());
+           }, py::arg("episode"), py::arg("action"), py::arg("next_cost"), py::arg("now"))
+      .def("tool_finished", [](Scheduler& s, int64_t e, int64_t next_cost, double now) {
+             s.tool_finished(e, next_cost, now);
+             return decisions_to_list(s.take());
+           }, py::arg("episode"), py::arg("next_cost"), py::arg("now"))
+      .def("advance", [](Scheduler& s, double now) {
+             s.advance(now);
+             return decisions_to_list(s.take());
+           }, py::arg("now"))
+      .def("fail", [](Scheduler& s, int64_t e, double now) {
+             s.fail(e, now);
+             return decisions_to_list(s.take());
+           }, py::arg("episode"), py::arg("now"))
+      .def("cancel", [](Scheduler& s, int64_t e, double now) {
+             s.cancel(e, now);
+             return decisions_to_list(s.take());
+           }, py::arg("episode"), py::arg("now"))
+      .def("cancel_group", [](Scheduler& s, int64_t g, double now) {
+             s.cancel_group(g, now);
+             return decisions_to_list(s.take());
+           }, py::arg("group"), py::arg("now"))
+      .def("replay", [](Scheduler& s, const std::vector<std::tuple<int32_t, int64_t, int64_t, int64_t, double>>& events) {
+             std::vector<sched::Event> evs;
+             evs.reserve(events.size());
+             for (const auto& [code, a, b, c, t] : events) evs.push_back(sched::Event{code, a, b, c, t});
+             std::vector<sched::Decision> out;
+             {
+               py::gil_scoped_release release;
+               out = s.replay(evs);
+             }
+             return decisions_to_list(out);
+           }, py::arg("events"),
+           "Feeds recorded (code, a, b, c, time) events in one call (GIL released) and returns every decision.")
+      .def("next_deadline", &Scheduler::next_deadline, "Earliest live time-out in seconds (inf when none).")
+      .def("state", &Scheduler::state, py::arg("episode"))
+      .def("turns", &Scheduler::turns, py::arg("episode"))
+      .def("group_of", &Scheduler::group_of, py::arg("episode"))
+      .def("stats", [](const Scheduler& s) {
+        const sched::Stats& st = s.stats();
+        py::dict d;
+        d["seqs_in_flight"] = st.seqs_in_flight;
+        d["tokens_in_flight"] = st.tokens_in_flight;
+        d["episodes"] = st.episodes;
+        d["groups"] = st.groups;
+        d["done"] = st.done;
+        d["groups_done"] = st.groups_done;
+        d["admitted_turns"] = st.admitted_turns;
+        d["tool_calls"] = st.tool_calls;
+        d["tool_timeouts"] = st.tool_timeouts;
+        d["decisions"] = st.decisions;
+        return d;
+      });
+
+  m.def("pack_samples", [](py::array_t<int64_t, py::array::c_style | py::array::forcecast> lengths, int64_t budget,
+                           int32_t world_size) {
+          if (lengths.ndim() != 1) throw py::value_error("lengths must be a 1-D array of token counts");
+          std::vector<int64_t> lens(lengths.data(), lengths.data() + lengths.shape(0));
+          sched::PackResult r;
+          {
+            py::gil_scoped_release release;
+            r = sched::pack(lens, budget, world_size);
+          }
+          py::dict out;
+          out["order"] = py::array_t<int64_t>(r.order.size(), r.order.data());
+          out["offsets"] = py::array_t<int64_t>(r.offsets.size(), r.offsets.data());
+          out["ranks"] = py::array_t<int32_t>(r.ranks.size(), r.ranks.data());
+          out["loads"] = py::array_t<int64_t>(r.loads.size(), r.loads.data());
+          return out;
+        }, py::arg("lengths"), py::arg("budget"), py::arg("world_size"),
+        "Packs samples of `lengths` tokens into micro-batches of at most `budget` tokens, the same "
+        "number per rank, balanced across `world_size` ranks (GIL released). Returns order, offsets, "
+        "ranks, loads arrays.");
 
 #ifdef SAGE_FAST_HAS_FFMPEG
   py::class_<NativeDecoder>(m, "NativeDecoder")

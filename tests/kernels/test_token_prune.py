@@ -1,0 +1,154 @@
+"""Frame-token pruning: the Triton kernel (in the interpreter without a GPU) against the loop reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from sage_fast.kernels import _dispatch, token_prune
+from sage_fast.kernels.reference import (
+    token_prune_reference,
+    token_prune_scores_reference,
+    token_prune_vectorized,
+    tokens_kept_per_frame,
+)
+
+# (frames, tokens per frame, hidden): non-powers of two, one frame, one token, hidden > one block.
+SHAPES = [(1, 5, 8), (2, 1, 3), (3, 7, 33), (5, 12, 100), (4, 33, 257), (9, 20, 64), (3, 70, 19)]
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+MODES = [{"threshold": 0.5}, {"threshold": 0.0}, {"keep_ratio": 0.5}, {"keep_ratio": 0.3}]
+
+
+def video(frames: int, tokens: int, hidden: int, dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
+    """Embeddings whose tokens drift from frame to frame by a random amount (cosines spread over
+    (-1, 1), far apart from each other compared with fp32 rounding), with some exact repeats."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.empty(frames, tokens, hidden)
+    x[0] = torch.randn(tokens, hidden, generator=gen)
+    for f in range(1, frames):
+        mix = torch.rand(tokens, 1, generator=gen) * 2 - 1
+        x[f] = mix * x[f - 1] + (1 - mix.abs()) * torch.randn(tokens, hidden, generator=gen)
+    x = x.to(dtype)
+    if frames > 1:
+        repeat = torch.rand(frames - 1, tokens, generator=gen) < 0.25
+        for f in range(1, frames):  # exact repeats in x's own dtype: their score is exactly 1.0
+            x[f, repeat[f - 1]] = x[f - 1, repeat[f - 1]]
+    return x
+
+
+def assert_same(out: token_prune.TokenPruneOutput, ref: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
+    indices, counts, embeddings = ref
+    assert out.indices.dtype == torch.int32 and out.counts.dtype == torch.int32
+    assert out.indices.tolist() == indices.tolist()
+    assert out.counts.tolist() == counts.tolist()
+    assert out.embeddings.dtype == embeddings.dtype and torch.equal(out.embeddings, embeddings)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("mode", MODES, ids=str)
+def test_kernel_matches_reference(shape: tuple[int, int, int], dtype: torch.dtype, mode: dict) -> None:
+    assert _dispatch.use_kernel(torch.empty(0)), "these tests must exercise the kernel (TRITON_INTERPRET=1)"
+    x = video(*shape, dtype)
+    ref = token_prune_reference(x, **mode)
+    assert_same(token_prune.token_prune(x, **mode), ref)
+    # The vectorised baseline that the benchmark times must select the very same tokens.
+    assert_same(token_prune.TokenPruneOutput(*token_prune_vectorized(x, **mode)), ref)
+
+
+def test_reference_semantics_by_hand() -> None:
+    """The rule itself, on numbers small enough to check by eye."""
+    x = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]],
+                      [[1.0, 0.0], [1.0, 0.0], [1.0, 0.9]],    # cos: 1, 0, ~0.9986
+                      [[0.0, 1.0], [1.0, 0.1], [-1.0, -0.9]]])  # cos: 0, ~0.995, -1
+    scores = token_prune_scores_reference(x)
+    assert scores[0].isinf().all() and scores[1, 0] == 1.0 and scores[2, 2] == -1.0
+    indices, counts, _ = token_prune_reference(x, threshold=0.99)
+    assert indices.tolist() == [0, 1, 2, 4, 6, 8] and counts.tolist() == [3, 1, 2]
+    indices, counts, _ = token_prune_reference(x, keep_ratio=0.34)  # round(1.02) = 1 token per frame
+    assert indices.tolist() == [0, 1, 2, 4, 8] and counts.tolist() == [3, 1, 1]
+
+
+def test_one_frame_is_kept_whole() -> None:
+    x = video(1, 13, 24, torch.float32)
+    for mode in ({"threshold": -2.0}, {"keep_ratio": 0.0}):
+        out = token_prune.token_prune(x, **mode)
+        assert out.indices.tolist() == list(range(13)) and out.counts.tolist() == [13]
+        assert torch.equal(out.embeddings, x[0])
+
+
+def test_repeated_frame_is_pruned_entirely() -> None:
+    x = video(4, 11, 40, torch.bfloat16, seed=3)
+    x[2] = x[1]  # a static frame: every token repeats exactly
+    for mode in ({"threshold": 1.0}, {"threshold": 0.999}):  # exact repeats score exactly 1.0
+        out = token_prune.token_prune(x, **mode)
+        assert out.counts[2] == 0 and out.counts[0] == 11
+        assert_same(out, token_prune_reference(x, **mode))
+
+
+def test_all_tokens_kept() -> None:
+    x = video(5, 9, 30, torch.float16, seed=4)
+    everything = list(range(45))
+    for mode in ({"keep_ratio": 1.0}, {"threshold": 1.5}):
+        out = token_prune.token_prune(x, **mode)
+        assert out.indices.tolist() == everything and out.counts.tolist() == [9] * 5
+        assert torch.equal(out.embeddings, x.reshape(45, 30))
+
+
+def test_keep_ratio_zero_keeps_only_the_first_frame() -> None:
+    x = video(3, 6, 16, torch.float32)
+    out = token_prune.token_prune(x, keep_ratio=0.0)
+    assert out.indices.tolist() == list(range(6)) and out.counts.tolist() == [6, 0, 0]
+
+
+def test_ties_prefer_the_lower_index() -> None:
+    x = video(2, 10, 16, torch.float32)
+    x[1] = x[0]  # ten scores of exactly 1.0: keep_ratio 0.3 must keep tokens 0, 1, 2 of frame 1
+    out = token_prune.token_prune(x, keep_ratio=0.3)
+    assert out.indices.tolist()[10:] == [10, 11, 12]
+
+
+def test_non_contiguous_input() -> None:
+    base = video(4, 9, 50, torch.float32, seed=5)
+    x = base[:, :, 5:45]  # rows 50 apart, 40 wide
+    assert not x.is_contiguous()
+    for mode in ({"threshold": 0.3}, {"keep_ratio": 0.6}):
+        assert_same(token_prune.token_prune(x, **mode), token_prune_reference(x.contiguous(), **mode))
+
+
+def test_position_ids_keep_their_columns() -> None:
+    x = video(3, 8, 20, torch.float32, seed=6)
+    positions = torch.arange(3 * 24).view(3, 24) * 7 + 100
+    out = token_prune.token_prune(x, keep_ratio=0.5, position_ids=positions)
+    assert torch.equal(out.position_ids, positions[:, out.indices.long()])
+    assert out.position_ids.shape == (3, 8 + 4 + 4)
+
+
+def test_keep_count_rounding() -> None:
+    assert tokens_kept_per_frame(0.5, 7) == 4  # 3.5 rounds up
+    assert tokens_kept_per_frame(0.3, 10) == 3  # 0.3 * 10 is 3.0000000000000004
+    assert tokens_kept_per_frame(1.0, 192) == 192 and tokens_kept_per_frame(0.0, 192) == 0
+
+
+def test_forced_reference_skips_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SAGE_FAST_FORCE_IMPL", "reference")
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the kernel ran although the reference was forced")
+
+    monkeypatch.setattr(token_prune, "_token_prune_triton", boom)
+    x = video(3, 5, 8, torch.float32)
+    assert_same(token_prune.token_prune(x, keep_ratio=0.4), token_prune_reference(x, keep_ratio=0.4))
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"x": torch.zeros(4, 8)}, r"\(frames, tokens_per_frame, hidden\)"),
+    ({"x": torch.zeros(2, 3, 4, dtype=torch.int64), "threshold": 0.5}, "float32/float16/bfloat16"),
+    ({"x": torch.zeros(2, 3, 4)}, "exactly one of threshold"),
+    ({"x": torch.zeros(2, 3, 4), "threshold": 0.5, "keep_ratio": 0.5}, "exactly one of threshold"),
+    ({"x": torch.zeros(2, 3, 4), "keep_ratio": 1.5}, r"keep_ratio must be in \[0, 1\]"),
+    ({"x": torch.zeros(2, 3, 4), "keep_ratio": 0.5, "position_ids": torch.zeros(3, 5)}, r"\(3, F\*T\) = \(3, 6\)"),
+])
+def test_argument_errors_name_the_problem(kwargs: dict, match: str) -> None:
+    x = kwargs.pop("x")
+    with pytest.raises(ValueError, match=match):
+        token_prune.token_prune(x, **kwargs)

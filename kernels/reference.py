@@ -107,3 +107,42 @@ def token_prune_vectorized(
 
 
 # ---- packed varlen attention (kernels/packed_attention.py) ---------------------------------------
+
+
+def varlen_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                               cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor,
+                               causal: bool = True, softmax_scale: float | None = None) -> torch.Tensor:
+    """Packed attention, one segment at a time, with the softmax written out (flash-attn's varlen API).
+
+    q: (total_q, nheads, head_dim); k, v: (total_k, nheads_k, head_dim), nheads % nheads_k == 0 (GQA);
+    cu_seqlens_q / cu_seqlens_k: int (batch + 1,), segment b is rows cu[b]:cu[b+1]. Returns
+    (total_q, nheads, head_dim) in q's dtype, computed in q's dtype (so that the tests can measure
+    what plain torch loses in fp16/bf16). Causal masks are bottom-right aligned like flash-attn's:
+    query i of a segment sees key j when j <= i + seqlen_k - seqlen_q; a query that sees no key
+    (seqlen_q > seqlen_k, or an empty key segment) outputs zeros.
+    """
+    scale = q.shape[-1] ** -0.5 if softmax_scale is None else softmax_scale
+    group = q.shape[1] // k.shape[1]
+    pieces = []
+    for b in range(cu_seqlens_q.numel() - 1):
+        q0, q1 = int(cu_seqlens_q[b]), int(cu_seqlens_q[b + 1])
+        k0, k1 = int(cu_seqlens_k[b]), int(cu_seqlens_k[b + 1])
+        if b == 0 and q0 > 0:  # rows before the first segment belong to none: zeros
+            pieces.append(q.new_zeros((q0, *q.shape[1:])))
+        qs = q[q0:q1].transpose(0, 1)                                    # (h, Lq, d)
+        ks = k[k0:k1].transpose(0, 1).repeat_interleave(group, dim=0)    # (h, Lk, d)
+        vs = v[k0:k1].transpose(0, 1).repeat_interleave(group, dim=0)
+        scores = (qs @ ks.transpose(1, 2)) * scale                        # (h, Lq, Lk)
+        i = torch.arange(q1 - q0, device=q.device)[:, None]
+        j = torch.arange(k1 - k0, device=q.device)[None, :]
+        allowed = (j <= i + (k1 - k0) - (q1 - q0)) if causal else (i >= 0) & (j >= 0)
+        sees_a_key = allowed.any(dim=1, keepdim=True)                     # (Lq, 1)
+        # Rows that see no key: softmax over a row of -inf is NaN (and so is its gradient), so those
+        # rows keep their finite scores and are zeroed after the softmax instead.
+        scores = scores.masked_fill(~(allowed | ~sees_a_key), float("-inf"))
+        probs = torch.softmax(scores, dim=-1) * sees_a_key
+        pieces.append((probs @ vs).transpose(0, 1))                       # (Lq, h, d)
+    tail = q.shape[0] - int(cu_seqlens_q[-1])
+    if tail > 0:  # rows after the last segment belong to none: zeros
+        pieces.append(q.new_zeros((tail, *q.shape[1:])))
+    return torch.cat(pieces, dim=0) if pieces else q.new_zeros(q.shape)

@@ -90,3 +90,66 @@ def openai_stub():  # noqa: ANN201
     stub = OpenAIStub()
     yield stub
     stub.close()
+
+
+class GeminiStub:
+    """A local Gemini API server: answers ``POST /v1beta/models/{model}:generateContent`` with
+    scripted texts (or scripted HTTP errors), keeping every request, so google-genai's real client
+    is what the tests exercise."""
+
+    def __init__(self) -> None:
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.replies: list[str | int] = []  # an int is answered as that HTTP error status
+        self.requests: list[dict] = []
+        self.paths: list[str] = []
+        self.headers: list[dict] = []
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _send(self, status: int, body: dict) -> None:
+                payload = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def do_POST(self) -> None:  # noqa: N802
+                raw = self.rfile.read(int(self.headers["Content-Length"]))
+                stub.paths.append(self.path)
+                stub.headers.append({k.lower(): v for k, v in self.headers.items()})
+                stub.requests.append(json.loads(raw))
+                reply = stub.replies.pop(0) if stub.replies else 500
+                if not self.path.split("?")[0].endswith(":generateContent") or isinstance(reply, int):
+                    status = reply if isinstance(reply, int) else 404
+                    self._send(status, {"error": {"code": status, "message": "stub error", "status": "UNAVAILABLE"}})
+                    return
+                self._send(200, {
+                    "candidates": [{"content": {"role": "model", "parts": [{"text": reply}]},
+                                    "finishReason": "STOP", "index": 0}],
+                    "usageMetadata": {"promptTokenCount": 1234, "candidatesTokenCount": len(reply.split()),
+                                      "totalTokenCount": 1234 + len(reply.split())},
+                    "modelVersion": "stub",
+                })
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture
+def gemini_stub():  # noqa: ANN201
+    stub = GeminiStub()
+    yield stub
+    stub.close()

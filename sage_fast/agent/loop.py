@@ -13,6 +13,7 @@ import asyncio
 import concurrent.futures
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,11 @@ def default_tools(orchestrator: Orchestrator, tool_vlm: Orchestrator | None = No
     return tools
 
 
+def _notify(on_turn: Callable[[Turn], None] | None, turn: Turn) -> None:
+    if on_turn is not None:
+        on_turn(turn)
+
+
 class Agent:
     """``Agent(orchestrator).run("video.mp4", "What happens after the goal?") -> Trajectory``."""
 
@@ -125,10 +131,12 @@ class Agent:
         trajectory.cost.tool_seconds += record.seconds
         trajectory.cost.tool_cache_hits += int(record.cached)
 
-    def run(self, video_path: str | Path, question: str, *, metadata: dict[str, Any] | None = None) -> Trajectory:
+    def run(self, video_path: str | Path, question: str, *, metadata: dict[str, Any] | None = None,
+            on_turn: Callable[[Turn], None] | None = None) -> Trajectory:
         """One episode, blocking. Works inside a running event loop too (Jupyter): the episode
-        then runs on its own loop in a helper thread."""
-        coroutine = self.arun(video_path, question, metadata=metadata)
+        then runs on its own loop in a helper thread. ``on_turn`` sees each turn as soon as it
+        (and its tool call) is done, for live display."""
+        coroutine = self.arun(video_path, question, metadata=metadata, on_turn=on_turn)
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -136,7 +144,8 @@ class Agent:
         with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
             return pool.submit(asyncio.run, coroutine).result()
 
-    async def arun(self, video_path: str | Path, question: str, *, metadata: dict[str, Any] | None = None) -> Trajectory:
+    async def arun(self, video_path: str | Path, question: str, *, metadata: dict[str, Any] | None = None,
+                   on_turn: Callable[[Turn], None] | None = None) -> Trajectory:
         """One episode as a coroutine: decoding, model calls and tools run in worker threads, so
         an asyncio driver keeps other episodes generating while this one waits on a tool."""
         started = time.perf_counter()
@@ -162,9 +171,11 @@ class Agent:
         trajectory.turns.append(turn)
         if parsed.data is not None and parsed.final_answer is not None and not parsed.tool_needed:
             trajectory.answer, trajectory.answer_stage = parsed.final_answer, "stage1"
+            _notify(on_turn, turn)
             return self._finish(trajectory, started)
         if parsed.tool_calls:
             await self._run_tool(context, parsed, turn, trajectory)
+        _notify(on_turn, turn)
         video_context = str(parsed.data.get("video_context") or "") if parsed.data else ""
         results: list[tuple[str, str]] = [(r.name, r.result) for r in trajectory.tool_calls]
         previous = self._call_dict(turn.tool_call)
@@ -176,6 +187,7 @@ class Agent:
             trajectory.turns.append(turn)
             if parsed.verdict and parsed.final_answer is not None:
                 trajectory.answer, trajectory.answer_stage = parsed.final_answer, "stage2"
+                _notify(on_turn, turn)
                 return self._finish(trajectory, started)
             if parsed.tool_calls:
                 await self._run_tool(context, parsed, turn, trajectory)
@@ -183,6 +195,7 @@ class Agent:
                 previous = self._call_dict(turn.tool_call)
             else:
                 results.append(("note", NO_TOOL_NOTE))
+            _notify(on_turn, turn)
         trajectory.answer, trajectory.could_not_produce = COULD_NOT_PRODUCE, True
         return self._finish(trajectory, started)
 

@@ -13,7 +13,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("video")
     parser.add_argument("question")
     parser.add_argument("--orchestrator", required=True,
-                        help="openai:URL (a vLLM/SGLang server), a Hugging Face id or local folder of a Qwen-VL "
+                        help="openai:URL (a vLLM/SGLang server), gemini:MODEL (GEMINI_API_KEY; "
+                             "GOOGLE_GEMINI_BASE_URL for a proxy), a Hugging Face id or local folder of a Qwen-VL "
                              "model (e.g. allenai/SAGE-MM-Qwen3-VL-8B-SFT_RL), or tiny / tiny-qwen3 (random "
                              "weights built offline: meaningless answers, the whole pipeline runs)")
     parser.add_argument("--device", default="cpu", help="device for a local model (cpu, cuda, cuda:1)")
@@ -28,7 +29,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--num-frames", type=int, default=128)
     parser.add_argument("--max-steps", type=int, default=10, help="Stage-2 steps before giving up")
     parser.add_argument("--work-dir", default=None, help="where tools write frames and clips")
+    parser.add_argument("--tool-cache", default=None,
+                        help="folder of the on-disk tool-result cache, shared across runs (default: off)")
     parser.add_argument("--out", default=None, help="append the trajectory to this JSONL file")
+    parser.add_argument("--html", default=None, help="write the trajectory as a self-contained HTML page")
     parser.set_defaults(handler=run)
 
 
@@ -55,6 +59,10 @@ def make_orchestrator(spec: str, model: str | None, device: str = "cpu"):  # noq
         with warnings.catch_warnings():  # said once, above
             warnings.simplefilter("ignore")
             return TransformersVLM(tiny_model_folder(TINY[spec]), device=device)
+    if spec.startswith("gemini:"):
+        from sage_fast.models.gemini import GeminiVLM
+
+        return GeminiVLM(spec.removeprefix("gemini:") or "gemini-2.5-flash")
     if spec.startswith("openai:"):
         from sage_fast.models.openai_compatible import OpenAICompatible
 
@@ -73,8 +81,8 @@ def make_orchestrator(spec: str, model: str | None, device: str = "cpu"):  # noq
         from sage_fast.models.transformers_backend import TransformersVLM
 
         return TransformersVLM(spec, device=device)
-    raise ValueError(f"--orchestrator {spec!r}: give openai:URL, a Hugging Face id (owner/name), a local model "
-                     "folder, or tiny")
+    raise ValueError(f"--orchestrator {spec!r}: give openai:URL, gemini:MODEL, a Hugging Face id (owner/name), "
+                     "a local model folder, or tiny")
 
 
 def make_speech(spec: str, device: str):  # noqa: ANN201 (a SpeechBackend or None)
@@ -91,31 +99,40 @@ def make_speech(spec: str, device: str):  # noqa: ANN201 (a SpeechBackend or Non
     raise ValueError(f"--asr {spec!r}: give faster-whisper:MODEL, openai:URL or none")
 
 
+def print_turn(turn) -> None:  # noqa: ANN001 (a Turn)
+    """One turn as it happens, on stderr (stdout carries only the answer, for scripts)."""
+    label = "Stage-1" if turn.stage == "stage1" else f"Stage-2 step {turn.step}"
+    print(f"[{label}] {turn.generate_seconds:.1f} s, {turn.tokens_in} tokens in, {turn.tokens_out} out"
+          + (f", parse error: {turn.parse_error}" if turn.parse_error else ""), file=sys.stderr, flush=True)
+    if turn.tool_call is not None:
+        call = turn.tool_call
+        first_line = call.result.splitlines()[0] if call.result else ""
+        print(f"  -> {call.name}({call.validated_arguments or call.arguments}) [{call.seconds:.1f} s"
+              + (", cached" if call.cached else "") + f"]\n     {first_line}", file=sys.stderr, flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
-    from sage_fast.agent.loop import Agent, AgentConfig
+    from sage_fast.agent.loop import Agent, AgentConfig, default_tools
     from sage_fast.agent.trajectory import append_jsonl
     from sage_fast.models.base import SamplingConfig
+    from sage_fast.tools.web_tools import WebConfig
 
+    if not Path(args.video).is_file():
+        raise ValueError(f"{args.video}: no such video file")
     orchestrator = make_orchestrator(args.orchestrator, args.model, args.device)
     max_tokens = args.max_tokens or (64 if args.orchestrator in TINY else 2048)
     config = AgentConfig(num_frames=args.num_frames, max_stage2_steps=args.max_steps, work_dir=args.work_dir,
-                         sampling=SamplingConfig(max_tokens=max_tokens))
-    from sage_fast.agent.loop import default_tools
-    from sage_fast.tools.web_tools import WebConfig
-
+                         tool_cache_dir=args.tool_cache, sampling=SamplingConfig(max_tokens=max_tokens))
     tool_vlm = make_orchestrator(args.tool_model, None, args.device) if args.tool_model else None
     tools = default_tools(orchestrator, tool_vlm, speech=make_speech(args.asr, args.device),
                           web=None if args.search == "none" else WebConfig(search_backend=args.search))
-    trajectory = Agent(orchestrator, tools=tools, config=config).run(Path(args.video), args.question)
-    for turn in trajectory.turns:
-        label = "Stage-1" if turn.stage == "stage1" else f"Stage-2 step {turn.step}"
-        print(f"[{label}] {turn.generate_seconds:.1f} s, {turn.tokens_in} tokens in, {turn.tokens_out} out"
-              + (f", parse error: {turn.parse_error}" if turn.parse_error else ""), file=sys.stderr)
-        if turn.tool_call is not None:
-            call = turn.tool_call
-            print(f"  -> {call.name}({call.validated_arguments or call.arguments}) "
-                  f"[{call.seconds:.1f} s]\n     {call.result.splitlines()[0] if call.result else ''}", file=sys.stderr)
+    trajectory = Agent(orchestrator, tools=tools, config=config).run(Path(args.video), args.question,
+                                                                      on_turn=print_turn)
     if args.out:
         append_jsonl(args.out, [trajectory])
+    if args.html:
+        from sage_fast.agent.viewer import write_html
+
+        print(f"trajectory page: {write_html(trajectory, args.html)}", file=sys.stderr)
     print(trajectory.answer)
     return 0

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sage_fast.cli import ask, doctor, video_commands, view
+from sage_fast.cli import ask, doctor, tool, video_commands, view
 
 # Each module adds its subcommands; later issues add theirs here (ask, eval, synth, sft, rl, bench).
-COMMAND_MODULES = (doctor, video_commands, ask, view)
+COMMAND_MODULES = (doctor, video_commands, ask, tool, view)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,13 +19,18 @@ from sage_fast.video.timecode import format_timestamp
 from sage_fast.video.types import FrameBatch
 
 
-def jpeg_data_url(pixels_chw: Any, quality: int = 90) -> str:
-    """uint8 (3, H, W) tensor -> ``data:image/jpeg;base64,...``."""
+def jpeg_bytes(pixels_chw: Any, quality: int = 90) -> bytes:
+    """uint8 (3, H, W) tensor -> JPEG file bytes."""
     from PIL import Image
 
     buffer = io.BytesIO()
     Image.fromarray(pixels_chw.permute(1, 2, 0).cpu().numpy()).save(buffer, format="JPEG", quality=quality)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return buffer.getvalue()
+
+
+def jpeg_data_url(pixels_chw: Any, quality: int = 90) -> str:
+    """uint8 (3, H, W) tensor -> ``data:image/jpeg;base64,...``."""
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg_bytes(pixels_chw, quality)).decode("ascii")
 
 
 class OpenAICompatible:

@@ -1,0 +1,109 @@
+"""The rollout scheduler facade: the C++ core when it is built, else the Python fallback, same API.
+
+Both are one deterministic state machine (events in, decisions out; see
+csrc/scheduler/scheduler.h). This wrapper picks the implementation, optionally records every
+event it forwards (so a run can be replayed through the other implementation, or through the same
+one to debug it), and keeps the driver code free of ``_C``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+from sage_fast import _ext
+from sage_fast.rollout.fallback import PyScheduler
+from sage_fast.rollout.types import Event, EventCode, SchedulerConfig
+
+Impl = Literal["auto", "cpp", "python"]
+DecisionTuple = tuple[int, int, int, int, float]
+
+
+def cpp_available() -> bool:
+    """True when the compiled core carries the scheduler (an older build may not)."""
+    return _ext.available() and hasattr(_ext.load(), "RolloutScheduler")
+
+
+def resolve_impl(impl: Impl = "auto") -> Literal["cpp", "python"]:
+    """``auto`` is ``cpp`` when built, else ``python``; ``SAGE_FAST_SCHEDULER=python`` forces the fallback."""
+    if impl == "auto":
+        impl = os.environ.get("SAGE_FAST_SCHEDULER", "auto")  # type: ignore[assignment]
+    if impl == "auto":
+        return "cpp" if cpp_available() else "python"
+    if impl == "cpp":
+        if not cpp_available():
+            _ext.load()  # raises the loader's explanation when the core is missing altogether
+            raise ImportError("sage_fast._C was built without the rollout scheduler; rebuild it "
+                              "(`pip install -e . --no-build-isolation`) or use impl='python'")
+        return "cpp"
+    if impl == "python":
+        return "python"
+    raise ValueError(f"impl must be 'auto', 'cpp' or 'python', got {impl!r}")
+
+
+class Scheduler:
+    """``Scheduler(SchedulerConfig(max_seqs=64), impl="auto")``; every event returns its decisions
+    as ``(kind, episode, group, aux, time)`` tuples (``Decision(*t)`` names the fields)."""
+
+    def __init__(self, config: SchedulerConfig | None = None, *, impl: Impl = "auto", record: bool = False) -> None:
+        self.config = config or SchedulerConfig()
+        self.impl = resolve_impl(impl)
+        c = self.config
+        args = (c.max_seqs, c.max_tokens, c.max_turns, c.tool_timeout, c.episode_timeout, c.max_active_groups,
+                c.group_priority)
+        self._core: Any = _ext.load().RolloutScheduler(*args) if self.impl == "cpp" else PyScheduler(*args)
+        self.events: list[Event] | None = [] if record else None
+
+    def _log(self, code: EventCode, a: int, b: int, c: int, now: float) -> None:
+        if self.events is not None:
+            self.events.append((int(code), a, b, c, now))
+
+    def add_group(self, size: int, cost: int, now: float) -> tuple[int, list[DecisionTuple]]:
+        """Adds a GRPO group of ``size`` episodes (first-turn reservation ``cost`` tokens) -> (group id, decisions)."""
+        self._log(EventCode.ADD_GROUP, size, cost, 0, now)
+        return self._core.add_group(size, cost, now)
+
+    def turn_finished(self, episode: int, action: int, next_cost: int, now: float) -> list[DecisionTuple]:
+        self._log(EventCode.TURN_FINISHED, episode, int(action), next_cost, now)
+        return self._core.turn_finished(episode, int(action), next_cost, now)
+
+    def tool_finished(self, episode: int, next_cost: int, now: float) -> list[DecisionTuple]:
+        self._log(EventCode.TOOL_FINISHED, episode, next_cost, 0, now)
+        return self._core.tool_finished(episode, next_cost, now)
+
+    def advance(self, now: float) -> list[DecisionTuple]:
+        self._log(EventCode.ADVANCE, 0, 0, 0, now)
+        return self._core.advance(now)
+
+    def fail(self, episode: int, now: float) -> list[DecisionTuple]:
+        self._log(EventCode.FAIL, episode, 0, 0, now)
+        return self._core.fail(episode, now)
+
+    def cancel(self, episode: int, now: float) -> list[DecisionTuple]:
+        self._log(EventCode.CANCEL, episode, 0, 0, now)
+        return self._core.cancel(episode, now)
+
+    def cancel_group(self, group: int, now: float) -> list[DecisionTuple]:
+        self._log(EventCode.CANCEL_GROUP, group, 0, 0, now)
+        return self._core.cancel_group(group, now)
+
+    def replay(self, events: list[Event]) -> list[DecisionTuple]:
+        """Feeds recorded events in one call (the C++ core releases the GIL) -> every decision."""
+        if self.events is not None:
+            self.events.extend(events)
+        return self._core.replay(events)
+
+    def next_deadline(self) -> float:
+        return self._core.next_deadline()
+
+    def state(self, episode: int) -> int:
+        return self._core.state(episode)
+
+    def turns(self, episode: int) -> int:
+        return self._core.turns(episode)
+
+    def group_of(self, episode: int) -> int:
+        return self._core.group_of(episode)
+
+    def stats(self) -> dict[str, int]:
+        return self._core.stats()

@@ -27,6 +27,7 @@ from sage_fast.models.qwen_inputs import (
     second_per_grid,
     video_prompt_text,
 )
+from sage_fast.models.token_pruning import PrunedVideoInputs, TokenPruningConfig, prune_video_inputs
 from sage_fast.video.types import FrameBatch
 
 FAMILIES = {"qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration", "qwen3_vl": "Qwen3VLForConditionalGeneration"}
@@ -47,9 +48,20 @@ def _vision_spec(path: Path, config: Any) -> QwenVisionSpec:
 
 
 class TransformersVLM:
-    """``TransformersVLM("allenai/SAGE-MM-Qwen3-VL-8B-SFT_RL", device="cuda")`` or a local folder."""
+    """``TransformersVLM("allenai/SAGE-MM-Qwen3-VL-8B-SFT_RL", device="cuda")`` or a local folder.
 
-    def __init__(self, model: str | Path, *, device: str = "cpu", dtype: torch.dtype | None = None) -> None:
+    ``token_pruning``: drop the video tokens that repeat the previous temporal group before the
+    language model runs (:mod:`sage_fast.models.token_pruning`); the kept tokens keep their M-RoPE
+    positions. ``last_pruning`` then holds the last call's pruned inputs (counts, kept mask).
+    """
+
+    def __init__(self, model: str | Path, *, device: str = "cpu", dtype: torch.dtype | None = None,
+                 token_pruning: TokenPruningConfig | None = None) -> None:
+        if token_pruning is not None and not isinstance(token_pruning, TokenPruningConfig):
+            raise TypeError(f"token_pruning must be a TokenPruningConfig (or None), got {type(token_pruning).__name__}; "
+                            "e.g. TokenPruningConfig(keep_ratio=0.5)")
+        self.token_pruning = token_pruning
+        self.last_pruning: PrunedVideoInputs | None = None
         import transformers
         from huggingface_hub import snapshot_download
         from transformers import AutoConfig, AutoTokenizer
@@ -109,18 +121,28 @@ class TransformersVLM:
         started = time.perf_counter()
         text, vision = self.prompt(messages, frames)
         input_ids = self.tokenizer(text, return_tensors="pt").input_ids.to(self.device)
+        types = mm_token_type_ids(input_ids, image_token_id=self.image_token_id, video_token_id=self.video_token_id)
+        self.last_pruning = None
+        if self.token_pruning is not None and "pixel_values_videos" in vision:
+            # Placeholders, embeddings (deepstack too), mask and M-RoPE positions pruned together.
+            self.last_pruning = prune_video_inputs(
+                self.model, input_ids=input_ids, pixel_values_videos=vision["pixel_values_videos"],
+                video_grid_thw=vision["video_grid_thw"], second_per_grid_ts=vision.get("second_per_grid_ts"),
+                attention_mask=torch.ones_like(input_ids), mm_token_type_ids=types, config=self.token_pruning)
+            model_inputs = self.last_pruning.model_kwargs()
+        else:
+            model_inputs = dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                                mm_token_type_ids=types, **vision)
+        prompt_length = model_inputs["input_ids"].shape[1]  # what the language model reads
         kwargs: dict[str, Any] = dict(
-            input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=sampling.max_tokens,
+            **model_inputs, max_new_tokens=sampling.max_tokens,
             do_sample=sampling.temperature > 0, pad_token_id=self.tokenizer.pad_token_id,
-            mm_token_type_ids=mm_token_type_ids(input_ids, image_token_id=self.image_token_id,
-                                                video_token_id=self.video_token_id),
-            **vision,
         )
         if sampling.temperature > 0:
             kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p)
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
         output = self.model.generate(**kwargs)
-        new = output[0, input_ids.shape[1]:]
-        return Generation(text=self.tokenizer.decode(new, skip_special_tokens=True), tokens_in=int(input_ids.shape[1]),
+        new = output[0, prompt_length:]
+        return Generation(text=self.tokenizer.decode(new, skip_special_tokens=True), tokens_in=int(prompt_length),
                           tokens_out=int(new.shape[0]), seconds=time.perf_counter() - started)

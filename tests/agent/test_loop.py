@@ -124,7 +124,7 @@ def test_ask_command_against_a_server(openai_stub, video: Path, tmp_path: Path, 
     assert "extract_parts_from_timestamp" in captured.err and "[Stage-2 step 1]" in captured.err
     assert next(read_jsonl(out)).answer == "61"
     assert main(["ask", str(video), "q", "--orchestrator", "nonsense"]) == 1
-    assert "give openai:URL, a Hugging Face id" in capsys.readouterr().err
+    assert "give openai:URL, gemini:MODEL, a Hugging Face id" in capsys.readouterr().err
 
 
 def test_ask_tiny_runs_offline_end_to_end(video: Path, tmp_path: Path, capsys, monkeypatch) -> None:  # noqa: ANN001

@@ -53,6 +53,17 @@ if triton is not None:
             return tl.dot(a, b, input_precision=PRECISION)
 
     @triton.jit
+    def _rne(x, UPCAST: tl.constexpr):
+        """x, rounded to the nearest bf16 (ties to even) when UPCAST: Triton's interpreter truncates
+        fp32 -> bf16 casts, which would make the interpreter's bf16 error twice the GPU's."""
+        if UPCAST:
+            bits = x.to(tl.uint32, bitcast=True)
+            bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+            return bits.to(tl.float32, bitcast=True)
+        else:
+            return x
+
+    @triton.jit
     def _fwd_kernel(Q, K, V, Out, LSE, CU_Q, CU_K, scale_log2,
                     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
                     stride_ot, stride_oh, stride_lh,
@@ -107,14 +118,14 @@ if triton is not None:
             alpha = tl.exp2(m_i - m_safe)
             p = tl.exp2(s - m_safe[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + _mm(p.to(v.dtype), v, PRECISION, UPCAST)
+            acc = acc * alpha[:, None] + _mm(_rne(p, UPCAST).to(v.dtype), v, PRECISION, UPCAST)
             m_i = m_new
 
         empty = l_i == 0.0  # rows that saw no key: output 0, lse +inf (so backward's p is 0)
         acc = acc / tl.where(empty, 1.0, l_i)[:, None]
         lse = tl.where(empty, float("inf"), m_i + tl.log2(tl.where(empty, 1.0, l_i)))
         tl.store(Out + (q_start + offs_m)[:, None] * stride_ot + head * stride_oh + offs_d[None, :],
-                 acc.to(Out.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+                 _rne(acc, UPCAST).to(Out.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
         tl.store(LSE + head * stride_lh + q_start + offs_m, lse, mask=row_ok)
 
     @triton.jit
@@ -171,14 +182,14 @@ if triton is not None:
                 if CAUSAL:
                     ok = ok & (offs_n[:, None] <= offs_m[None, :] + shift)
                 p_t = tl.where(ok, tl.exp2(s_t - lse[None, :]), 0.0)
-                dv += _mm(p_t.to(do.dtype), do, PRECISION, UPCAST)
+                dv += _mm(_rne(p_t, UPCAST).to(do.dtype), do, PRECISION, UPCAST)
                 dp_t = _mm(v, tl.trans(do), PRECISION, UPCAST)
                 ds_t = p_t * (dp_t - delta[None, :])
-                dk += _mm(ds_t.to(q.dtype), q, PRECISION, UPCAST)
+                dk += _mm(_rne(ds_t, UPCAST).to(q.dtype), q, PRECISION, UPCAST)
         tl.store(DK + (k_start + offs_n)[:, None] * stride_dkt + head_k * stride_dkh + offs_d[None, :],
-                 (dk * scale).to(DK.dtype.element_ty), mask=kv_mask)
+                 _rne(dk * scale, UPCAST).to(DK.dtype.element_ty), mask=kv_mask)
         tl.store(DV + (k_start + offs_n)[:, None] * stride_dvt + head_k * stride_dvh + offs_d[None, :],
-                 dv.to(DV.dtype.element_ty), mask=kv_mask)
+                 _rne(dv, UPCAST).to(DV.dtype.element_ty), mask=kv_mask)
 
     @triton.jit
     def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU_Q, CU_K, scale_log2, scale,
@@ -232,9 +243,9 @@ if triton is not None:
             p = tl.where(ok, tl.exp2(s - lse[:, None]), 0.0)
             dp = _mm(do, tl.trans(v), PRECISION, UPCAST)
             ds = p * (dp - delta[:, None])
-            dq += _mm(ds.to(k.dtype), k, PRECISION, UPCAST)
+            dq += _mm(_rne(ds, UPCAST).to(k.dtype), k, PRECISION, UPCAST)
         tl.store(DQ + (q_start + offs_m)[:, None] * stride_dqt + head * stride_dqh + offs_d[None, :],
-                 (dq * scale).to(DQ.dtype.element_ty), mask=q_mask)
+                 _rne(dq * scale, UPCAST).to(DQ.dtype.element_ty), mask=q_mask)
 
 
 # ---- launcher --------------------------------------------------------------------------------------

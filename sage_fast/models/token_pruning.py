@@ -129,15 +129,15 @@ def prune_video_inputs(
         raise ValueError("token pruning handles video inputs only, and this prompt holds image tokens; "
                          "call the model without token pruning for image prompts")
 
-    video = base.get_video_features(pixel_values_videos, video_grid_thw, return_dict=True)
-    deepstack = getattr(video, "deepstack_features", None)  # Qwen3-VL: one tuple of per-video rows per level
-    positions = _rope_index(base, input_ids, mm_token_type_ids, video_grid_thw, attention_mask, second_per_grid_ts)
-
     slots = torch.nonzero(input_ids[0] == video_token_id).flatten()  # sequence index of every video token
     sizes = [int(t * h * w) // (merge * merge) for t, h, w in video_grid_thw.tolist()]
     if slots.numel() != sum(sizes):
         raise ValueError(f"input_ids hold {slots.numel()} video placeholders but video_grid_thw describes "
                          f"{sum(sizes)} merged tokens; build the prompt text from the same grid")
+    video = base.get_video_features(pixel_values_videos, video_grid_thw, return_dict=True)
+    deepstack = getattr(video, "deepstack_features", None)  # Qwen3-VL: one tuple of per-video rows per level
+    positions = _rope_index(base, input_ids, mm_token_type_ids, video_grid_thw, attention_mask, second_per_grid_ts)
+
     kept = torch.ones_like(input_ids[0], dtype=torch.bool)
     kept[slots] = False
     pooled, pooled_deep, counts = [], [[] for _ in deepstack or []], []

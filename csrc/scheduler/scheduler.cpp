@@ -164,6 +164,7 @@ bool Scheduler::turn_finished(int64_t episode, int32_t action, int64_t next_cost
   --stats_.seqs_in_flight;
   stats_.tokens_in_flight -= ep.cost;
   ep.cost = next_cost;
+  ep.state = kPending;  // off the engine; every branch below sets the next state
   if (action == kActionAnswer) {
     finish(episode, kAnswered, now);
   } else if (ep.turns >= config_.max_turns) {

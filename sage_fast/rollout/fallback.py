@@ -192,6 +192,7 @@ class PyScheduler:
             stats["seqs_in_flight"] -= 1
             stats["tokens_in_flight"] -= self._cost[e]
             self._cost[e] = next_cost
+            self._state[e] = _PENDING  # off the engine; every branch below sets the next state
             if action == TurnAction.ANSWER:
                 self._finish(e, int(FinishReason.ANSWERED), now)
             elif self._turns[e] >= self._max_turns:

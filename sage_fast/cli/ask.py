@@ -23,7 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tool-model", default=None,
                         help="model for grounding and analysis, same forms as --orchestrator (default: the orchestrator)")
     parser.add_argument("--asr", default="none",
-                        help="speech backend: faster-whisper:MODEL (size name or CTranslate2 folder), openai:URL, or none")
+                        help="speech backend: faster-whisper:MODEL (size name, CTranslate2 folder, or offline-tiny.en: "
+                             "bundled, no download), transformers:MODEL (Whisper), openai:URL, or none")
     parser.add_argument("--search", default="none", choices=("serper", "ddgs", "none"),
                         help="web search and page reading (serper needs SERPER_API_KEY)")
     parser.add_argument("--num-frames", type=int, default=128)
@@ -92,11 +93,16 @@ def make_speech(spec: str, device: str):  # noqa: ANN201 (a SpeechBackend or Non
         from sage_fast.tools.speech import FasterWhisperTranscriber
 
         return FasterWhisperTranscriber(spec.removeprefix("faster-whisper:"), device="cuda" if "cuda" in device else "cpu")
+    if spec.startswith("transformers:"):
+        from sage_fast.tools.speech import TransformersWhisperTranscriber
+
+        return TransformersWhisperTranscriber(spec.removeprefix("transformers:"), device=device)
     if spec.startswith("openai:"):
         from sage_fast.tools.speech import OpenAITranscriber
 
         return OpenAITranscriber(spec.removeprefix("openai:"))
-    raise ValueError(f"--asr {spec!r}: give faster-whisper:MODEL, openai:URL or none")
+    raise ValueError(f"--asr {spec!r}: give faster-whisper:MODEL (e.g. faster-whisper:offline-tiny.en), "
+                     "transformers:MODEL, openai:URL or none")
 
 
 def print_turn(turn) -> None:  # noqa: ANN001 (a Turn)

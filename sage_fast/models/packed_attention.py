@@ -1,0 +1,252 @@
+"""The ``sage_varlen`` attention implementation for transformers: packed rows attend per segment.
+
+Why: RL and SFT train on turn-samples of very different lengths. Packed into one row (position ids
+restarting at each sample, no attention mask), every sample must attend only to itself; transformers
+does that for ``flash_attention_2`` (flash-attn's CUDA varlen kernel) and, with an (L, L) mask, for
+``sdpa``. ``sage_varlen`` does it with our Triton kernel (kernels/packed_attention.py) and no mask,
+and falls back to per-segment SDPA where Triton cannot run (CPU without the interpreter).
+
+Use::
+
+    import sage_fast.models.packed_attention  # registers "sage_varlen" (import is enough)
+    model = AutoModelForImageTextToText.from_pretrained(path, attn_implementation="sage_varlen")
+    # packed training row: position_ids restart per sample, no attention_mask
+    # (Qwen-VL: position_ids (4, 1, total), row 0 the text positions, rows 1-3 M-RoPE)
+
+Segment boundaries are found as flash_attention_2 finds them, in this order:
+1. ``cu_seq_lens_q`` / ``cu_seq_lens_k`` (and ``max_length_q`` / ``max_length_k``) keyword arguments
+   (TRL's padding-free collators pass them; see ``packed_kwargs``): used for causal calls only, because
+   models forward the same kwargs to their (non-causal) vision tower, whose chunks are not the text's;
+2. a 2-D padding mask (batch, kv_len): each row's kept tokens are one segment (unpad, attend, pad);
+3. position ids of a query as long as the keys: a segment starts where a position does not
+   increase over the previous one (restart), and at each row's start. Gaps do not split a segment,
+   so tokens dropped by frame-token pruning (which keep their positions) stay in their sample;
+4. otherwise each row is one segment; with a KV cache the causal mask is bottom-right aligned, so a
+   decoding query sees the whole cache.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+ATTN_NAME = "sage_varlen"
+
+
+# ---- segment boundaries --------------------------------------------------------------------------
+
+def cu_seqlens_from_lengths(lengths: list[int] | torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
+    """int32 (batch + 1,) cumulative lengths [0, l0, l0 + l1, ...] (flash-attn's cu_seqlens)."""
+    lengths = torch.as_tensor(lengths, device=device)
+    if lengths.dim() != 1 or bool((lengths < 0).any()):
+        raise ValueError(f"lengths must be a 1-D list of non-negative segment lengths, got {lengths.tolist()}")
+    return F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
+
+
+def position_ids_for_lengths(lengths: list[int], device: torch.device | str | None = None) -> torch.Tensor:
+    """(1, sum(lengths)) position ids of a packed row: 0..l-1 for each segment in turn."""
+    return torch.cat([torch.arange(n, device=device) for n in lengths]).unsqueeze(0)
+
+
+def cu_seqlens_from_position_ids(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(cu_seqlens int32 (segments + 1,), max_seqlen) of the flattened rows of ``position_ids``.
+
+    position_ids: (batch, seqlen) or (seqlen,). A segment starts at each row's first token and
+    wherever a position is not greater than the one before it (the positions restarted). Gaps do
+    not split: a sample whose pruned tokens kept their original positions stays one segment.
+    """
+    if position_ids.dim() == 1:
+        position_ids = position_ids.unsqueeze(0)
+    if position_ids.dim() != 2:
+        raise ValueError(f"position_ids must be (batch, seqlen) text positions, got shape {tuple(position_ids.shape)}; "
+                         "for Qwen-VL's (4, batch, seqlen) positions pass row 0")
+    batch, seqlen = position_ids.shape
+    starts = torch.ones_like(position_ids, dtype=torch.bool)
+    starts[:, 1:] = position_ids[:, 1:] <= position_ids[:, :-1]
+    idx = starts.reshape(-1).nonzero().squeeze(1)
+    cu = torch.cat([idx, idx.new_tensor([batch * seqlen])]).to(torch.int32)
+    return cu, int((cu[1:] - cu[:-1]).max()) if cu.numel() > 1 else 0
+
+
+_POSITION_CACHE: dict[str, Any] = {}
+
+
+def _cached_cu_seqlens(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``cu_seqlens_from_position_ids``, computed once per position-ids tensor per forward.
+
+    Every decoder layer receives the same position-ids object; on a GPU each computation reads a
+    value back (one device sync), so the last result is kept, keyed by the tensor's identity (a
+    weak reference, so a freed tensor never matches) and its in-place version counter.
+    """
+    ref, version = _POSITION_CACHE.get("ref"), _POSITION_CACHE.get("version")
+    if ref is not None and ref() is position_ids and version == position_ids._version:
+        return _POSITION_CACHE["result"]
+    result = cu_seqlens_from_position_ids(position_ids)
+    _POSITION_CACHE.update(ref=weakref.ref(position_ids), version=position_ids._version, result=result)
+    return result
+
+
+def packed_kwargs(lengths: list[int], device: torch.device | str | None = None) -> dict[str, Any]:
+    """Keyword arguments for a model forward on one packed row of ``lengths`` (flash-attn's names):
+    ``cu_seq_lens_q/k`` and ``max_length_q/k``. With them no layer re-derives the segments."""
+    cu = cu_seqlens_from_lengths(lengths, device)
+    longest = max(lengths) if lengths else 0
+    return dict(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest)
+
+
+# ---- attention over flattened segments -----------------------------------------------------------
+
+def per_segment_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                     cu_seqlens_k: torch.Tensor, causal: bool = True,
+                     softmax_scale: float | None = None) -> torch.Tensor:
+    """The fallback: one ``scaled_dot_product_attention`` call per segment (flash-attn shapes).
+
+    q: (total_q, nheads, head_dim); k, v: (total_k, nheads_k, head_dim); cu_seqlens int32 (batch + 1,).
+    Same conventions as the kernel: bottom-right causal alignment, zeros for queries that see no key
+    (SDPA itself would return NaN for them) and for rows outside every segment.
+    Returns (total_q, nheads, head_dim).
+    """
+    group = q.shape[1] // k.shape[1]
+    bounds_q, bounds_k = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    pieces = [q.new_zeros((bounds_q[0], *q.shape[1:]))] if bounds_q[0] > 0 else []
+    for b in range(len(bounds_q) - 1):
+        q0, q1, k0, k1 = bounds_q[b], bounds_q[b + 1], bounds_k[b], bounds_k[b + 1]
+        len_q, len_k = q1 - q0, k1 - k0
+        # Queries that see no key: all of them without keys; under a causal mask the first
+        # len_q - len_k (bottom-right alignment: query i sees keys j <= i + len_k - len_q).
+        blind = len_q if len_k == 0 else max(len_q - len_k, 0) if causal else 0
+        if blind:
+            pieces.append(q.new_zeros((blind, *q.shape[1:])))
+        rows = len_q - blind
+        if rows == 0:
+            continue
+        qs = q[q0 + blind:q1].transpose(0, 1).unsqueeze(0)  # (1, nheads, rows, head_dim)
+        ks = k[k0:k1].transpose(0, 1).unsqueeze(0)
+        vs = v[k0:k1].transpose(0, 1).unsqueeze(0)
+        if group > 1:  # enable_gqa exists from torch 2.5 on; repeating works everywhere
+            ks, vs = ks.repeat_interleave(group, dim=1), vs.repeat_interleave(group, dim=1)
+        mask = None
+        if causal and rows != len_k:  # SDPA's is_causal is top-left aligned: give the mask
+            i = torch.arange(rows, device=q.device)[:, None]
+            mask = torch.arange(len_k, device=q.device)[None, :] <= i + (len_k - rows)
+        out = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, scale=softmax_scale,
+                                             is_causal=causal and rows == len_k)
+        pieces.append(out.squeeze(0).transpose(0, 1))
+    tail = q.shape[0] - bounds_q[-1]
+    if tail > 0:
+        pieces.append(q.new_zeros((tail, *q.shape[1:])))
+    return torch.cat(pieces) if pieces else q.new_zeros(q.shape)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+           cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, causal: bool,
+           softmax_scale: float | None) -> torch.Tensor:
+    """The Triton kernel where it can run (``use_kernel``), per-segment SDPA elsewhere.
+
+    Shapes as ``varlen_attention``: (total, heads, head_dim) in and out."""
+    from sage_fast.kernels import packed_attention
+    from sage_fast.kernels._dispatch import use_kernel
+
+    if use_kernel(q, k, v):
+        return packed_attention.varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                                 causal=causal, softmax_scale=softmax_scale)
+    return per_segment_sdpa(q, k, v, cu_seqlens_q, cu_seqlens_k, causal=causal, softmax_scale=softmax_scale)
+
+
+# ---- the transformers attention function ---------------------------------------------------------
+
+def sage_varlen_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    position_ids: torch.Tensor | None = None,
+    cu_seq_lens_q: torch.Tensor | None = None,
+    cu_seq_lens_k: torch.Tensor | None = None,
+    max_length_q: int | None = None,
+    max_length_k: int | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers' attention-function contract: query (batch, nheads, q_len, head_dim), key and
+    value (batch, nheads_k, kv_len, head_dim) -> ((batch, q_len, nheads, head_dim), None).
+
+    Finds the segments (module docstring), flattens to flash-attn's (total, heads, head_dim) and runs
+    ``attend``. A 4-D mask (a custom one: our mask interface never builds one) goes to transformers'
+    SDPA function unchanged.
+    """
+    if dropout and module.training:
+        raise ValueError(f"{ATTN_NAME} has no attention dropout (got {dropout}); set the model config's "
+                         "attention_dropout to 0.0")
+    if softcap is not None:
+        raise ValueError(f"{ATTN_NAME} does not support softcap (got {softcap}); use 'eager' for this model")
+    if sliding_window is not None:
+        raise ValueError(f"{ATTN_NAME} has no sliding window (layer asked for {sliding_window}); use "
+                         "'flash_attention_2' or 'sdpa' for sliding-window models")
+    if attention_mask is not None and attention_mask.dim() == 4:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", True))
+    batch, nheads, q_len, head_dim = query.shape
+    kv_len = key.shape[2]
+    q = query.transpose(1, 2)  # (batch, q_len, nheads, head_dim)
+    k = key.transpose(1, 2)
+    v = value.transpose(1, 2)
+
+    def flat(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(-1, t.shape[2], t.shape[3])
+
+    if causal and cu_seq_lens_q is not None and cu_seq_lens_k is not None:
+        max_q = int(max_length_q) if max_length_q is not None else int((cu_seq_lens_q[1:] - cu_seq_lens_q[:-1]).max())
+        max_k = int(max_length_k) if max_length_k is not None else int((cu_seq_lens_k[1:] - cu_seq_lens_k[:-1]).max())
+        out = attend(flat(q), flat(k), flat(v), cu_seq_lens_q.to(torch.int32), cu_seq_lens_k.to(torch.int32),
+                     max_q, max_k, causal, scaling)
+        return out.view(batch, q_len, nheads, head_dim), None
+
+    if attention_mask is not None:  # 2-D padding mask (batch, kv_len): unpad, attend, pad
+        keep_k = attention_mask[:, -kv_len:].bool()
+        keep_q = keep_k[:, -q_len:]
+        idx_q = keep_q.reshape(-1).nonzero().squeeze(1)
+        idx_k = keep_k.reshape(-1).nonzero().squeeze(1)
+        lens_q, lens_k = keep_q.sum(1), keep_k.sum(1)
+        out = attend(flat(q)[idx_q], flat(k)[idx_k], flat(v)[idx_k], cu_seqlens_from_lengths(lens_q),
+                     cu_seqlens_from_lengths(lens_k), int(lens_q.max()), int(lens_k.max()), causal, scaling)
+        padded = out.new_zeros((batch * q_len, nheads, head_dim)).index_copy(0, idx_q, out)
+        return padded.view(batch, q_len, nheads, head_dim), None
+
+    if position_ids is not None and q_len == kv_len and q_len > 1:
+        cu, longest = _cached_cu_seqlens(position_ids.expand(batch, -1) if position_ids.shape[0] != batch
+                                         else position_ids)
+        out = attend(flat(q), flat(k), flat(v), cu, cu, longest, longest, causal, scaling)
+        return out.view(batch, q_len, nheads, head_dim), None
+
+    cu_q = torch.arange(batch + 1, device=query.device, dtype=torch.int32) * q_len
+    cu_k = torch.arange(batch + 1, device=query.device, dtype=torch.int32) * kv_len
+    out = attend(flat(q), flat(k), flat(v), cu_q, cu_k, q_len, kv_len, causal, scaling)
+    return out.view(batch, q_len, nheads, head_dim), None
+
+
+def register() -> None:
+    """Registers ``sage_varlen`` with transformers' attention and mask interfaces (idempotent).
+
+    The mask function is flash_attention_2's: it builds no (L, L) mask, only keeps a 2-D padding
+    mask when there is padding; packed rows get None and are split by their position ids here.
+    """
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
+
+    AttentionInterface.register(ATTN_NAME, sage_varlen_attention_forward)
+    AttentionMaskInterface.register(ATTN_NAME, flash_attention_mask)
+
+
+register()

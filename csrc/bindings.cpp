@@ -162,6 +162,51 @@ PYBIND11_MODULE(_C, m) {
              return decisions_to_list(out);
            }, py::arg("events"),
            "Feeds recorded (code, a, b, c, time) events in one call (GIL released) and returns every decision.")
+      .def("replay_arrays",
+           [](Scheduler& s, py::array_t<int32_t, py::array::c_style | py::array::forcecast> code,
+              py::array_t<int64_t, py::array::c_style | py::array::forcecast> a,
+              py::array_t<int64_t, py::array::c_style | py::array::forcecast> b,
+              py::array_t<int64_t, py::array::c_style | py::array::forcecast> c,
+              py::array_t<double, py::array::c_style | py::array::forcecast> time) {
+             const py::ssize_t n = code.size();
+             if (code.ndim() != 1 || a.size() != n || b.size() != n || c.size() != n || time.size() != n) {
+               throw py::value_error("code, a, b, c and time must be 1-D arrays of the same length");
+             }
+             std::vector<sched::Event> evs(static_cast<size_t>(n));
+             const int32_t* cp = code.data();
+             const int64_t *ap = a.data(), *bp = b.data(), *cc = c.data();
+             const double* tp0 = time.data();
+             for (py::ssize_t i = 0; i < n; ++i) evs[i] = sched::Event{cp[i], ap[i], bp[i], cc[i], tp0[i]};
+             std::vector<sched::Decision> out;
+             {
+               py::gil_scoped_release release;
+               out = s.replay(evs);
+             }
+             const size_t m = out.size();
+             py::array_t<int32_t> kind(m), aux(m);
+             py::array_t<int64_t> episode(m), group(m);
+             py::array_t<double> when(m);
+             int32_t* kp = kind.mutable_data();
+             int64_t* ep = episode.mutable_data();
+             int64_t* gp = group.mutable_data();
+             int32_t* xp = aux.mutable_data();
+             double* tp = when.mutable_data();
+             for (size_t i = 0; i < m; ++i) {
+               kp[i] = out[i].kind;
+               ep[i] = out[i].episode;
+               gp[i] = out[i].group;
+               xp[i] = out[i].aux;
+               tp[i] = out[i].time;
+             }
+             py::dict d;
+             d["kind"] = kind;
+             d["episode"] = episode;
+             d["group"] = group;
+             d["aux"] = aux;
+             d["time"] = when;
+             return d;
+           }, py::arg("code"), py::arg("a"), py::arg("b"), py::arg("c"), py::arg("time"),
+           "replay over column arrays (GIL released): -> {'kind', 'episode', 'group', 'aux', 'time'} arrays.")
       .def("next_deadline", &Scheduler::next_deadline, "Earliest live time-out in seconds (inf when none).")
       .def("state", &Scheduler::state, py::arg("episode"))
       .def("turns", &Scheduler::turns, py::arg("episode"))

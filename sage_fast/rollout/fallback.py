@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import heapq
 import math
+from typing import Any
+
+import numpy as np
 
 from sage_fast.rollout.types import (
     DecisionKind,
@@ -276,6 +279,18 @@ class PyScheduler:
             else:
                 raise ValueError(f"unknown event code {code}")
         return out
+
+    def replay_arrays(self, code: Any, a: Any, b: Any, c: Any, time: Any) -> dict[str, np.ndarray]:
+        """:meth:`replay` over column arrays -> ``kind, episode, group, aux, time`` arrays (as the core)."""
+        lengths = {len(code), len(a), len(b), len(c), len(time)}
+        if len(lengths) != 1:
+            raise ValueError("code, a, b, c and time must be 1-D arrays of the same length")
+        cols = [np.asarray(x).tolist() for x in (code, a, b, c, time)]
+        out = self.replay(list(zip(*cols, strict=True)))
+        kind, episode, group, aux, when = zip(*out, strict=True) if out else ((),) * 5
+        return {"kind": np.asarray(kind, np.int32), "episode": np.asarray(episode, np.int64),
+                "group": np.asarray(group, np.int64), "aux": np.asarray(aux, np.int32),
+                "time": np.asarray(when, np.float64)}
 
     # -- queries -----------------------------------------------------------------------------
     def next_deadline(self) -> float:

@@ -205,3 +205,19 @@ def test_simulated_async_beats_lockstep_on_the_same_work() -> None:
     assert result.turns == lock.turns and result.tool_calls == lock.tool_calls
     assert result.makespan_s < lock.makespan_s
     assert result.engine_busy_s > 0 and lock.engine_busy < result.engine_busy
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_replay_arrays_matches_replay(impl: str) -> None:
+    import numpy as np
+
+    config = SchedulerConfig(max_seqs=5, max_tokens=800, max_turns=4, tool_timeout=3.0, episode_timeout=30.0)
+    events = fuzz_events(11, config, n=600)
+    expected = Scheduler(config, impl="python").replay(events)
+    out = Scheduler(config, impl=impl).replay_arrays(np.asarray(events, dtype=np.float64))
+    got = list(zip(*(out[k].tolist() for k in ("kind", "episode", "group", "aux", "time")), strict=True))
+    assert got == expected and len(got) > 100
+    with pytest.raises(ValueError, match="same length"):
+        Scheduler(config, impl=impl).replay_arrays({"code": np.zeros(2, np.int32), "a": np.zeros(1, np.int64),
+                                                    "b": np.zeros(2, np.int64), "c": np.zeros(2, np.int64),
+                                                    "time": np.zeros(2)})

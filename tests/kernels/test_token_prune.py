@@ -152,3 +152,52 @@ def test_argument_errors_name_the_problem(kwargs: dict, match: str) -> None:
     x = kwargs.pop("x")
     with pytest.raises(ValueError, match=match):
         token_prune.token_prune(x, **kwargs)
+
+
+COMPILE_FOR_SM90 = r'''
+import json, re
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from sage_fast.kernels import token_prune as tp
+
+def build(fn, types, consts):
+    names = fn.arg_names
+    sig = {n: types.get(n, "constexpr") for n in names}
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n, t in types.items() if t.startswith("*")}
+    return triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs),
+                          target=GPUTarget("cuda", 90, 32)).asm["ptx"]
+
+ptx = {}
+for dtype in ("bf16", "fp16", "fp32"):
+    ptx["scores_" + dtype] = build(tp._scores_kernel, {"x_ptr": "*" + dtype, "scores_ptr": "*fp32", "T": "i32",
+        "D": "i32", "stride_f": "i32", "stride_t": "i32"}, {"BLOCK_T": 16, "BLOCK_D": 128})
+    ptx["gather_" + dtype] = build(tp._gather_kernel, {"x_ptr": "*" + dtype, "keep_ptr": "*i32", "slot_ptr": "*i32",
+        "out_ptr": "*" + dtype, "idx_ptr": "*i32", "N": "i32", "D": "i32", "stride_n": "i32", "stride_out": "i32"},
+        {"BLOCK_N": 16, "BLOCK_D": 256})
+for by_ratio in (True, False):
+    ptx[f"select_{by_ratio}"] = build(tp._select_kernel, {"scores_ptr": "*fp32", "keep_ptr": "*i32", "T": "i32",
+        "threshold": "fp32", "k": "i32"}, {"BY_RATIO": by_ratio, "BLOCK_T": 64, "BLOCK_U": 32})
+print(json.dumps({name: sorted(set(re.findall(r"(?:sqrt|div)\.[a-z0-9.]+", text))) for name, text in ptx.items()}))
+'''
+
+
+def test_kernels_compile_for_a_gpu_with_correctly_rounded_sqrt_and_div() -> None:
+    """The interpreter accepts code that the GPU compiler rejects; compile for sm_90 (no GPU needed).
+    Exact repeats score exactly 1.0 only with round-to-nearest sqrt and division, so pin those."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    done = subprocess.run([sys.executable, "-c", COMPILE_FOR_SM90], capture_output=True, text=True, env=env,
+                          timeout=300)
+    if done.returncode and "ptxas" in done.stderr and "not found" in done.stderr.lower():
+        pytest.skip("Triton's CUDA backend has no ptxas here")
+    assert done.returncode == 0, done.stderr[-3000:]
+    ops = json.loads(done.stdout.strip().splitlines()[-1])
+    for dtype in ("bf16", "fp16", "fp32"):
+        assert ops[f"scores_{dtype}"] == ["div.rn.f32", "sqrt.rn.f32"]
+    assert len(ops) == 8

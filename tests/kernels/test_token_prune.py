@@ -15,6 +15,8 @@ from sage_fast.kernels.reference import (
 # (frames, tokens per frame, hidden): non-powers of two, one frame, one token, hidden > one block.
 SHAPES = [(1, 5, 8), (2, 1, 3), (3, 7, 33), (5, 12, 100), (4, 33, 257), (9, 20, 64), (3, 70, 19)]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+# With a GPU the compiled kernel runs on CUDA tensors; without one, Triton's interpreter on the CPU.
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 MODES = [{"threshold": 0.5}, {"threshold": 0.0}, {"keep_ratio": 0.5}, {"keep_ratio": 0.3}]
 
 
@@ -32,7 +34,7 @@ def video(frames: int, tokens: int, hidden: int, dtype: torch.dtype, seed: int =
         repeat = torch.rand(frames - 1, tokens, generator=gen) < 0.25
         for f in range(1, frames):  # exact repeats in x's own dtype: their score is exactly 1.0
             x[f, repeat[f - 1]] = x[f - 1, repeat[f - 1]]
-    return x
+    return x.to(DEVICE)
 
 
 def assert_same(out: token_prune.TokenPruneOutput, ref: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
@@ -40,16 +42,16 @@ def assert_same(out: token_prune.TokenPruneOutput, ref: tuple[torch.Tensor, torc
     assert out.indices.dtype == torch.int32 and out.counts.dtype == torch.int32
     assert out.indices.tolist() == indices.tolist()
     assert out.counts.tolist() == counts.tolist()
-    assert out.embeddings.dtype == embeddings.dtype and torch.equal(out.embeddings, embeddings)
+    assert out.embeddings.dtype == embeddings.dtype and torch.equal(out.embeddings.cpu(), embeddings.cpu())
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("mode", MODES, ids=str)
 def test_kernel_matches_reference(shape: tuple[int, int, int], dtype: torch.dtype, mode: dict) -> None:
-    assert _dispatch.use_kernel(torch.empty(0)), "these tests must exercise the kernel (TRITON_INTERPRET=1)"
     x = video(*shape, dtype)
-    ref = token_prune_reference(x, **mode)
+    assert _dispatch.use_kernel(x), "these tests must exercise the kernel (a GPU, or TRITON_INTERPRET=1)"
+    ref = token_prune_reference(x.cpu(), **mode)
     assert_same(token_prune.token_prune(x, **mode), ref)
     # The vectorised baseline that the benchmark times must select the very same tokens.
     assert_same(token_prune.TokenPruneOutput(*token_prune_vectorized(x, **mode)), ref)
@@ -57,7 +59,7 @@ def test_kernel_matches_reference(shape: tuple[int, int, int], dtype: torch.dtyp
 
 def test_reference_semantics_by_hand() -> None:
     """The rule itself, on numbers small enough to check by eye."""
-    x = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]],
+    x = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]],  # CPU: the reference's own semantics
                       [[1.0, 0.0], [1.0, 0.0], [1.0, 0.9]],    # cos: 1, 0, ~0.9986
                       [[0.0, 1.0], [1.0, 0.1], [-1.0, -0.9]]])  # cos: 0, ~0.995, -1
     scores = token_prune_scores_reference(x)
@@ -73,7 +75,7 @@ def test_one_frame_is_kept_whole() -> None:
     for mode in ({"threshold": -2.0}, {"keep_ratio": 0.0}):
         out = token_prune.token_prune(x, **mode)
         assert out.indices.tolist() == list(range(13)) and out.counts.tolist() == [13]
-        assert torch.equal(out.embeddings, x[0])
+        assert torch.equal(out.embeddings, x[0])  # same device
 
 
 def test_repeated_frame_is_pruned_entirely() -> None:
@@ -117,10 +119,19 @@ def test_non_contiguous_input() -> None:
 
 def test_position_ids_keep_their_columns() -> None:
     x = video(3, 8, 20, torch.float32, seed=6)
-    positions = torch.arange(3 * 24).view(3, 24) * 7 + 100
+    positions = torch.arange(3 * 24, device=DEVICE).view(3, 24) * 7 + 100
     out = token_prune.token_prune(x, keep_ratio=0.5, position_ids=positions)
     assert torch.equal(out.position_ids, positions[:, out.indices.long()])
     assert out.position_ids.shape == (3, 8 + 4 + 4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("hidden", [3584, 4096])
+def test_stage1_size_on_gpu(hidden: int) -> None:
+    """The benchmark's size, 128 groups x 192 tokens, bf16, compiled kernel against the reference."""
+    x = video(128, 192, hidden, torch.bfloat16, seed=hidden)
+    for mode in ({"keep_ratio": 0.5}, {"threshold": 0.95}):
+        assert_same(token_prune.token_prune(x, **mode), token_prune_reference(x, **mode))
 
 
 def test_keep_count_rounding() -> None:

@@ -1,0 +1,329 @@
+"""Generation engines behind one small async interface: OpenAI-compatible servers, vLLM in-process, transformers.
+
+The scheduler keeps many turns in flight; each engine turns that into its own batching: an
+OpenAI-compatible server (vLLM / SGLang) batches the concurrent HTTP requests itself, vLLM's
+in-process async engine batches its queue, and :class:`TransformersEngine` gathers the requests
+waiting at each moment into one padded ``generate`` call. Every engine returns the agent's
+:class:`~sage_fast.models.base.Generation`, so turns recorded here read like the agent loop's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from sage_fast.models.base import Generation, SamplingConfig
+from sage_fast.video.types import FrameBatch
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One turn to generate: chat messages (frame parts refer to ``frames``) and sampling."""
+
+    messages: list[dict[str, Any]]
+    frames: FrameBatch | None = None
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+
+class Engine(Protocol):
+    name: str
+
+    async def generate(self, request: GenerationRequest) -> Generation: ...
+
+    async def aclose(self) -> None: ...
+
+
+class EngineError(RuntimeError):
+    """The engine failed for good (retries exhausted, or an error no retry can fix)."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential back-off with full jitter for transient failures (5xx, 429, dropped connections,
+    time-outs). The jitter is seeded so a test run is repeatable."""
+
+    max_attempts: int = 5
+    base_s: float = 0.5
+    max_s: float = 30.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if self.base_s < 0 or self.max_s < self.base_s:
+            raise ValueError(f"need 0 <= base_s <= max_s, got {self.base_s}, {self.max_s}")
+
+
+def _frame_parts(content: Any, frames: FrameBatch | None, jpeg_quality: int) -> Any:
+    """Frame parts -> a time label and a JPEG data URL each, as sage_fast.models.openai_compatible sends them."""
+    from sage_fast.models.openai_compatible import jpeg_data_url
+    from sage_fast.video.timecode import format_timestamp
+
+    if isinstance(content, str):
+        return content
+    parts: list[dict[str, Any]] = []
+    for part in content:
+        if part.get("type") == "frame":
+            if frames is None:
+                raise ValueError("a message refers to a frame but the request has no frames")
+            i = int(part["index"])
+            parts.append({"type": "text", "text": f"Frame at {format_timestamp(float(frames.pts_seconds[i]), millis=True)}:"})
+            parts.append({"type": "image_url", "image_url": {"url": jpeg_data_url(frames.data[i], jpeg_quality)}})
+        else:
+            parts.append(part)
+    return parts
+
+
+class OpenAIEngine:
+    """``OpenAIEngine("http://host:8000/v1", "allenai/SAGE-MM-Qwen3-VL-8B-SFT_RL")``: many requests in
+    flight over one async HTTP client; transient failures retried here with back-off (the
+    client's own retries are off so that every attempt is counted and bounded by one policy)."""
+
+    def __init__(self, base_url: str, model: str, *, api_key: str | None = None, timeout_s: float = 600.0,
+                 retry: RetryPolicy | None = None, jpeg_quality: int = 90, max_connections: int = 256) -> None:
+        import os
+
+        import httpx
+        from openai import AsyncOpenAI
+
+        if not base_url:
+            raise ValueError("base_url must be the server's OpenAI-compatible root, e.g. http://localhost:8000/v1")
+        self.name = f"openai:{model}@{base_url}"
+        self.model = model
+        self.retry = retry or RetryPolicy()
+        self.jpeg_quality = jpeg_quality
+        self.attempts = 0  # every HTTP attempt, retries included
+        self.retries = 0
+        self._rng = random.Random(self.retry.seed)
+        key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"  # local servers ignore it
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        self._client = AsyncOpenAI(base_url=base_url, api_key=key, timeout=timeout_s, max_retries=0,
+                                   http_client=httpx.AsyncClient(limits=limits, timeout=timeout_s))
+
+    @staticmethod
+    def _transient(exc: BaseException) -> bool:
+        import openai
+
+        if isinstance(exc, openai.APIConnectionError):  # refused, reset, dropped, timed out
+            return True
+        if isinstance(exc, openai.APIStatusError):
+            return exc.status_code in (408, 409, 429) or exc.status_code >= 500
+        return False
+
+    async def generate(self, request: GenerationRequest) -> Generation:
+        messages = [{"role": m["role"], "content": _frame_parts(m["content"], request.frames, self.jpeg_quality)}
+                    for m in request.messages]
+        s = request.sampling
+        started = time.perf_counter()
+        for attempt in range(self.retry.max_attempts):
+            self.attempts += 1
+            try:
+                response = await self._client.chat.completions.create(
+                    model=self.model, messages=messages, temperature=s.temperature, top_p=s.top_p,
+                    max_tokens=s.max_tokens, seed=s.seed)
+                break
+            except Exception as exc:
+                if not self._transient(exc):
+                    raise EngineError(f"{self.name}: {type(exc).__name__}: {exc}") from exc
+                if attempt + 1 == self.retry.max_attempts:
+                    raise EngineError(f"{self.name}: gave up after {attempt + 1} attempts; last error "
+                                      f"{type(exc).__name__}: {exc}") from exc
+                self.retries += 1
+                delay = min(self.retry.max_s, self.retry.base_s * 2 ** attempt)
+                await asyncio.sleep(self._rng.uniform(0, delay))
+        usage = response.usage
+        return Generation(text=response.choices[0].message.content or "",
+                          tokens_in=usage.prompt_tokens if usage else 0,
+                          tokens_out=usage.completion_tokens if usage else 0,
+                          seconds=time.perf_counter() - started)
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+
+class TransformersEngine:
+    """A local transformers Qwen-VL model (loaded by :class:`~sage_fast.models.transformers_backend.TransformersVLM`)
+    batching the requests that wait at each moment into one left-padded ``generate`` (text-only
+    turns; a turn with frames runs on its own, as Stage-1 prompts differ in their video inputs).
+    Static batches: a batch runs to its longest output, which is why real servers batch
+    continuously; this engine is for CPU runs and tests."""
+
+    def __init__(self, model: str | Path | Any, *, device: str = "cpu", max_batch: int = 16,
+                 gather_s: float = 0.005) -> None:
+        from sage_fast.models.transformers_backend import TransformersVLM
+
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.vlm = model if isinstance(model, TransformersVLM) else TransformersVLM(model, device=device)
+        self.name = f"batched-{self.vlm.name}"
+        self.max_batch = max_batch
+        self.gather_s = gather_s
+        self.batches: list[int] = []  # size of every generate call, for tests and reports
+        self._queue: asyncio.Queue[tuple[GenerationRequest, asyncio.Future]] | None = None
+        self._worker: asyncio.Task | None = None
+
+    async def generate(self, request: GenerationRequest) -> Generation:
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+            self._worker = asyncio.create_task(self._serve())
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        await self._queue.put((request, future))
+        return await future
+
+    async def _serve(self) -> None:
+        assert self._queue is not None
+        while True:
+            first = await self._queue.get()
+            await asyncio.sleep(self.gather_s)  # let the turns admitted together arrive
+            batch = [first]
+            while not self._queue.empty() and len(batch) < self.max_batch:
+                batch.append(self._queue.get_nowait())
+            live = [(r, f) for r, f in batch if not f.cancelled()]
+            framed = [(r, f) for r, f in live if r.frames is not None]
+            text = [(r, f) for r, f in live if r.frames is None]
+            groups: dict[SamplingConfig, list] = {}
+            for r, f in text:
+                groups.setdefault(r.sampling, []).append((r, f))
+            jobs = [[item] for item in framed] + list(groups.values())
+            for job in jobs:
+                try:
+                    results = await asyncio.to_thread(self._run, [r for r, _ in job])
+                except Exception as exc:
+                    for _, f in job:
+                        if not f.done():
+                            f.set_exception(exc)
+                    continue
+                for (_, f), result in zip(job, results, strict=True):
+                    if not f.done():
+                        f.set_result(result)
+
+    def _run(self, requests: list[GenerationRequest]) -> list[Generation]:
+        import torch
+
+        from sage_fast.models.qwen_inputs import mm_token_type_ids
+
+        vlm = self.vlm
+        self.batches.append(len(requests))
+        if requests[0].frames is not None:
+            return [vlm.generate(requests[0].messages, requests[0].frames, requests[0].sampling)]
+        started = time.perf_counter()
+        texts = [vlm.prompt(r.messages, None)[0] for r in requests]
+        tok = vlm.tokenizer
+        tok.padding_side = "left"  # generation appends on the right
+        enc = tok(texts, return_tensors="pt", padding=True)
+        input_ids = enc.input_ids.to(vlm.device)
+        mask = enc.attention_mask.to(vlm.device)
+        s = requests[0].sampling
+        kwargs: dict[str, Any] = dict(input_ids=input_ids, attention_mask=mask, max_new_tokens=s.max_tokens,
+                                      do_sample=s.temperature > 0, pad_token_id=tok.pad_token_id,
+                                      mm_token_type_ids=mm_token_type_ids(input_ids, image_token_id=vlm.image_token_id,
+                                                                          video_token_id=vlm.video_token_id))
+        if s.temperature > 0:
+            kwargs.update(temperature=s.temperature, top_p=s.top_p)
+        if s.seed is not None:
+            torch.manual_seed(s.seed)
+        with torch.inference_mode():
+            output = vlm.model.generate(**kwargs)
+        seconds = time.perf_counter() - started
+        eos = tok.eos_token_id
+        results = []
+        for i in range(len(requests)):
+            new = output[i, input_ids.shape[1]:].tolist()
+            if eos in new:
+                new = new[:new.index(eos) + 1]
+            results.append(Generation(text=tok.decode(new, skip_special_tokens=True), tokens_in=int(mask[i].sum()),
+                                      tokens_out=len(new), seconds=seconds))
+        return results
+
+    async def aclose(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            self._worker = None
+            self._queue = None
+
+
+class VLLMEngine:
+    """vLLM's in-process ``AsyncLLMEngine`` (needs ``pip install vllm`` and a GPU; not testable on
+    the project's CPU machines, so this adapter is unexercised by the test-suite). Prompts are
+    Qwen ChatML; Stage-1 frames go as one video in ``multi_modal_data``."""
+
+    def __init__(self, model: str, **engine_args: Any) -> None:
+        try:
+            from vllm import AsyncEngineArgs, AsyncLLMEngine
+        except ImportError as exc:
+            raise ImportError("VLLMEngine needs vLLM (`pip install vllm`, CUDA only); use OpenAIEngine against "
+                              "a `vllm serve` server, or TransformersEngine on CPU") from exc
+        self.name = f"vllm:{model}"
+        self._engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(model=model, **engine_args))
+
+    @staticmethod
+    def _prompt(request: GenerationRequest) -> dict[str, Any]:
+        chunks = []
+        for message in request.messages:
+            content = message["content"]
+            if not isinstance(content, str):
+                parts, video = [], False
+                for part in content:
+                    if part.get("type") == "frame" and not video:
+                        parts.append("<|vision_start|><|video_pad|><|vision_end|>")
+                        video = True
+                    elif part.get("type") == "text":
+                        parts.append(part["text"])
+                content = "".join(parts)
+            chunks.append(f"<|im_start|>{message['role']}\n{content}<|im_end|>\n")
+        prompt: dict[str, Any] = {"prompt": "".join(chunks) + "<|im_start|>assistant\n"}
+        if request.frames is not None:
+            prompt["multi_modal_data"] = {"video": request.frames.data.permute(0, 2, 3, 1).cpu().numpy()}
+        return prompt
+
+    async def generate(self, request: GenerationRequest) -> Generation:
+        from vllm import SamplingParams
+
+        s = request.sampling
+        params = SamplingParams(temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=s.seed)
+        started = time.perf_counter()
+        final = None
+        async for output in self._engine.generate(self._prompt(request), params, uuid.uuid4().hex):
+            final = output
+        if final is None:
+            raise EngineError(f"{self.name}: the engine returned no output")
+        completion = final.outputs[0]
+        return Generation(text=completion.text, tokens_in=len(final.prompt_token_ids or []),
+                          tokens_out=len(completion.token_ids), seconds=time.perf_counter() - started)
+
+    async def aclose(self) -> None:
+        shutdown = getattr(self._engine, "shutdown", None)
+        if shutdown is not None:
+            shutdown()
+
+
+class BusyMeter:
+    """Wraps an engine and measures the time it had at least one request in flight (engine-busy)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.name = engine.name
+        self.in_flight = 0
+        self.busy_s = 0.0
+        self.requests = 0
+        self._since = 0.0
+
+    async def generate(self, request: GenerationRequest) -> Generation:
+        if self.in_flight == 0:
+            self._since = time.perf_counter()
+        self.in_flight += 1
+        self.requests += 1
+        try:
+            return await self.engine.generate(request)
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                self.busy_s += time.perf_counter() - self._since
+
+    async def aclose(self) -> None:
+        await self.engine.aclose()

@@ -1,0 +1,79 @@
+"""Engines: the OpenAI-compatible client's retries against a failing local server; transformers batching."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from sage_fast.models.base import SamplingConfig
+from sage_fast.rollout.engines import EngineError, GenerationRequest, OpenAIEngine, RetryPolicy, TransformersEngine
+
+REQUEST = GenerationRequest(messages=[{"role": "user", "content": "hello"}], sampling=SamplingConfig(max_tokens=8))
+
+
+def test_openai_engine_retries_5xx_and_dropped_connections(faulty_openai) -> None:  # noqa: ANN001
+    faulty_openai.faults = ["500", "drop", "503"]
+    engine = OpenAIEngine(faulty_openai.url, "stub-model", retry=RetryPolicy(max_attempts=4, base_s=0.01, seed=0))
+
+    async def main():  # noqa: ANN202
+        try:
+            return await engine.generate(REQUEST)
+        finally:
+            await engine.aclose()
+
+    generation = asyncio.run(main())
+    assert generation.text == faulty_openai.reply and generation.tokens_out == 7
+    assert engine.attempts == 4 and engine.retries == 3
+    assert len(faulty_openai.requests) == 4
+    assert faulty_openai.requests[-1]["max_tokens"] == 8
+
+
+def test_openai_engine_gives_up_and_does_not_retry_client_errors(faulty_openai) -> None:  # noqa: ANN001
+    async def run(faults: list[str]) -> OpenAIEngine:
+        faulty_openai.faults = faults
+        engine = OpenAIEngine(faulty_openai.url, "stub-model", retry=RetryPolicy(max_attempts=2, base_s=0.01, seed=0))
+        try:
+            await engine.generate(REQUEST)
+        finally:
+            await engine.aclose()
+        return engine
+
+    with pytest.raises(EngineError, match="gave up after 2 attempts"):
+        asyncio.run(run(["500", "500", "500"]))
+    faulty_openai.requests.clear()
+    with pytest.raises(EngineError, match="BadRequestError"):
+        asyncio.run(run(["400"]))
+    assert len(faulty_openai.requests) == 1  # a 400 is not retried
+
+
+def test_openai_engine_keeps_many_requests_in_flight(faulty_openai) -> None:  # noqa: ANN001
+    engine = OpenAIEngine(faulty_openai.url, "stub-model", retry=RetryPolicy(base_s=0.01, seed=0))
+
+    async def main():  # noqa: ANN202
+        try:
+            return await asyncio.gather(*(engine.generate(REQUEST) for _ in range(24)))
+        finally:
+            await engine.aclose()
+
+    assert len(asyncio.run(main())) == 24 and len(faulty_openai.requests) == 24
+
+
+def test_transformers_engine_batches_and_matches_unbatched_greedy(tiny_model_dir) -> None:  # noqa: ANN001
+    engine = TransformersEngine(tiny_model_dir, max_batch=8)
+    prompts = [f"question {i}: {'why ' * (i * 3)}?" for i in range(5)]  # different lengths: padding matters
+    requests = [GenerationRequest(messages=[{"role": "user", "content": p}], sampling=SamplingConfig(max_tokens=6))
+                for p in prompts]
+
+    async def main():  # noqa: ANN202
+        try:
+            return await asyncio.gather(*(engine.generate(r) for r in requests))
+        finally:
+            await engine.aclose()
+
+    batched = asyncio.run(main())
+    assert engine.batches == [5]  # one generate call for the five turns
+    single = [engine.vlm.generate(r.messages, None, r.sampling) for r in requests]
+    assert [g.text for g in batched] == [g.text for g in single]
+    assert [g.tokens_in for g in batched] == [g.tokens_in for g in single]
+    assert all(1 <= g.tokens_out <= 6 for g in batched)

@@ -7,7 +7,13 @@ import asyncio
 import pytest
 
 from sage_fast.models.base import SamplingConfig
-from sage_fast.rollout.engines import EngineError, GenerationRequest, OpenAIEngine, RetryPolicy, TransformersEngine
+from sage_fast.rollout.engines import (
+    EngineError,
+    GenerationRequest,
+    OpenAIEngine,
+    RetryPolicy,
+    TransformersEngine,
+)
 
 REQUEST = GenerationRequest(messages=[{"role": "user", "content": "hello"}], sampling=SamplingConfig(max_tokens=8))
 

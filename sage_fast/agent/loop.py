@@ -157,8 +157,10 @@ class Agent:
                                 metadata=dict(metadata or {}))
         cost = trajectory.cost
         size = self.resize.output_size(meta.height, meta.width)
+        decode_started = time.perf_counter()
         frames = await asyncio.to_thread(context.reader.sample_uniform, self.config.num_frames,
                                          self.config.max_fps, size=size)
+        cost.decode_seconds = time.perf_counter() - decode_started
         schemas = self.registry.schemas
         messages = stage1_messages(self.prompts, question=question, video_path=str(context.video_path),
                                    duration=meta.end_seconds, frame_times=frames.pts_seconds.tolist(),

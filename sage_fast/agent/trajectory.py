@@ -63,6 +63,7 @@ class Cost:
     """What one answer cost: decoding, model calls, tokens and tool time."""
 
     frames_decoded: int = 0
+    decode_seconds: float = 0.0  # Stage-1 frame sampling (tools' own decoding is in tool_seconds)
     visual_tokens: int = 0
     model_calls: int = 0
     tokens_in: int = 0

@@ -1,0 +1,144 @@
+"""Local stand-ins for the network services sage_fast talks to (an OpenAI-compatible server, the
+Gemini API), so the *real* clients (openai, google-genai) run in tests and benchmarks offline.
+
+They are the only test doubles in the project and sit exactly at the network boundary. Each
+answers from a script (``replies``), records every request, and can wait a modelled latency per
+request (``latency_s``: a number, or a function of the request body) so benchmarks measure
+sage_fast's own overhead against realistic model time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+Latency = float | Callable[[dict[str, Any]], float]
+
+
+def _wait(latency: Latency, body: dict[str, Any]) -> None:
+    seconds = latency(body) if callable(latency) else latency
+    if seconds > 0:
+        time.sleep(seconds)
+
+
+class OpenAIStub:
+    """A local OpenAI-compatible chat server: answers /v1/chat/completions with scripted replies
+    and keeps every request, so the real ``openai`` client is what the tests exercise."""
+
+    def __init__(self) -> None:
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.replies: list[str] = []
+        self.latency_s: Latency = 0.0
+        self.transcriptions: list[dict] = []  # verbose_json bodies for /audio/transcriptions
+        self.requests: list[dict] = []
+        self.headers: list[dict] = []
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:  # keep test output clean
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                raw = self.rfile.read(int(self.headers["Content-Length"]))
+                stub.headers.append({k.lower(): v for k, v in self.headers.items()})
+                if self.path.endswith("/audio/transcriptions"):
+                    stub.requests.append({"multipart": raw})
+                    payload = json.dumps(stub.transcriptions.pop(0)).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                body = json.loads(raw)
+                stub.requests.append(body)
+                _wait(stub.latency_s, body)
+                if not self.path.endswith("/chat/completions") or not stub.replies:
+                    self.send_response(500)
+                    self.end_headers()
+                    return
+                text = stub.replies.pop(0)
+                payload = json.dumps({
+                    "id": f"stub-{len(stub.requests)}", "object": "chat.completion", "created": 0,
+                    "model": body.get("model", "stub"),
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": text}}],
+                    "usage": {"prompt_tokens": 1000, "completion_tokens": len(text.split()),
+                              "total_tokens": 1000 + len(text.split())},
+                }).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class GeminiStub:
+    """A local Gemini API server: answers ``POST /v1beta/models/{model}:generateContent`` with
+    scripted texts (or scripted HTTP errors), keeping every request, so google-genai's real client
+    is what the tests exercise."""
+
+    def __init__(self) -> None:
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.replies: list[str | int] = []  # an int is answered as that HTTP error status
+        self.latency_s: Latency = 0.0
+        self.requests: list[dict] = []
+        self.paths: list[str] = []
+        self.headers: list[dict] = []
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _send(self, status: int, body: dict) -> None:
+                payload = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def do_POST(self) -> None:  # noqa: N802
+                raw = self.rfile.read(int(self.headers["Content-Length"]))
+                stub.paths.append(self.path)
+                stub.headers.append({k.lower(): v for k, v in self.headers.items()})
+                stub.requests.append(json.loads(raw))
+                _wait(stub.latency_s, stub.requests[-1])
+                reply = stub.replies.pop(0) if stub.replies else 500
+                if not self.path.split("?")[0].endswith(":generateContent") or isinstance(reply, int):
+                    status = reply if isinstance(reply, int) else 404
+                    self._send(status, {"error": {"code": status, "message": "stub error", "status": "UNAVAILABLE"}})
+                    return
+                self._send(200, {
+                    "candidates": [{"content": {"role": "model", "parts": [{"text": reply}]},
+                                    "finishReason": "STOP", "index": 0}],
+                    "usageMetadata": {"promptTokenCount": 1234, "candidatesTokenCount": len(reply.split()),
+                                      "totalTokenCount": 1234 + len(reply.split())},
+                    "modelVersion": "stub",
+                })
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

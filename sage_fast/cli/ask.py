@@ -20,6 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="cpu", help="device for a local model (cpu, cuda, cuda:1)")
     parser.add_argument("--max-tokens", type=int, default=None, help="tokens per model call (default 2048; 64 for tiny)")
     parser.add_argument("--model", default=None, help="model name on the server (default: the server's only model)")
+    parser.add_argument("--frames-as", default="images", choices=("images", "video"),
+                        help="openai: servers get the frames as images, or as one video of JPEG frames (vLLM)")
     parser.add_argument("--tool-model", default=None,
                         help="model for grounding and analysis, same forms as --orchestrator (default: the orchestrator)")
     parser.add_argument("--asr", default="none",
@@ -51,7 +53,8 @@ def tiny_model_folder(family: str) -> Path:
     return folder
 
 
-def make_orchestrator(spec: str, model: str | None, device: str = "cpu"):  # noqa: ANN201 (an Orchestrator)
+def make_orchestrator(spec: str, model: str | None, device: str = "cpu",  # noqa: ANN201 (an Orchestrator)
+                      frames_as: str = "images"):
     if spec in TINY:
         from sage_fast.models.tiny import MEANINGLESS
         from sage_fast.models.transformers_backend import TransformersVLM
@@ -77,7 +80,7 @@ def make_orchestrator(spec: str, model: str | None, device: str = "cpu"):  # noq
             if len(served) != 1:
                 raise ValueError(f"the server at {url} serves {served}; choose one with --model")
             model = served[0]
-        return OpenAICompatible(url, model)
+        return OpenAICompatible(url, model, frames_as=frames_as)
     if Path(spec).is_dir() or spec.count("/") == 1:
         from sage_fast.models.transformers_backend import TransformersVLM
 
@@ -125,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not Path(args.video).is_file():
         raise ValueError(f"{args.video}: no such video file")
-    orchestrator = make_orchestrator(args.orchestrator, args.model, args.device)
+    orchestrator = make_orchestrator(args.orchestrator, args.model, args.device, args.frames_as)
     max_tokens = args.max_tokens or (64 if args.orchestrator in TINY else 2048)
     config = AgentConfig(num_frames=args.num_frames, max_stage2_steps=args.max_steps, work_dir=args.work_dir,
                          tool_cache_dir=args.tool_cache, sampling=SamplingConfig(max_tokens=max_tokens))

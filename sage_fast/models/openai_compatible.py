@@ -1,7 +1,12 @@
 """Orchestrator over any OpenAI-compatible chat server (vLLM, SGLang, hosted APIs).
 
 Frames travel as JPEG data URLs, each after a short text label with its time, so any server
-that accepts ``image_url`` parts can serve SAGE-MM. Retries with back-off are the openai
+that accepts ``image_url`` parts can serve SAGE-MM (``frames_as="images"``, the default). With
+``frames_as="video"`` the frames of a message go as one ``video_url`` part in vLLM's frame-list
+form (``data:video/jpeg;base64,<jpeg>,<jpeg>,...``) after one line listing their times: Qwen-VL
+then sees one video (temporal patches pair consecutive frames, about half the visual tokens of
+separate images). vLLM decodes at most ``num_frames`` of such a list (32 by default): start it
+with ``--media-io-kwargs '{"video": {"num_frames": -1}}'`` to keep all 128. Retries with back-off are the openai
 client's own (connection errors, 429, 5xx); the API key is read from the environment when not
 given and is never written to a trajectory or a log.
 """
@@ -37,8 +42,13 @@ class OpenAICompatible:
     """``OpenAICompatible(base_url="http://localhost:8000/v1", model="allenai/SAGE-MM-Qwen3-VL-8B-SFT_RL")``."""
 
     def __init__(self, base_url: str, model: str, *, api_key: str | None = None, timeout_s: float = 600.0,
-                 max_retries: int = 3, jpeg_quality: int = 90) -> None:
+                 max_retries: int = 3, jpeg_quality: int = 90, frames_as: str = "images") -> None:
         from openai import OpenAI
+
+        if frames_as not in ("images", "video"):
+            raise ValueError(f"frames_as={frames_as!r}: use 'images' (one image_url per frame) or 'video' "
+                             "(one video_url of JPEG frames, vLLM)")
+        self.frames_as = frames_as
 
         self.name = f"openai:{model}@{base_url}"
         self.model = model
@@ -50,18 +60,33 @@ class OpenAICompatible:
         if isinstance(content, str):
             return content
         parts: list[dict[str, Any]] = []
-        for part in content:
-            if part.get("type") == "frame":
+        video: list[int] = []  # frame indices waiting to become one video part
+        for part in [*content, None]:
+            if part is not None and part.get("type") == "frame":
                 if frames is None:
                     raise ValueError("a message refers to a frame but no frames were given")
                 i = int(part["index"])
+                if self.frames_as == "video":
+                    video.append(i)
+                    continue
                 stamp = format_timestamp(float(frames.pts_seconds[i]), millis=True)
                 parts.append({"type": "text", "text": f"Frame at {stamp}:"})
                 parts.append({"type": "image_url",
                               "image_url": {"url": jpeg_data_url(frames.data[i], self.jpeg_quality)}})
-            else:
+                continue
+            if video:
+                parts += self._video_parts(video, frames)
+                video = []
+            if part is not None:
                 parts.append(part)
         return parts
+
+    def _video_parts(self, indices: list[int], frames: FrameBatch) -> list[dict[str, Any]]:
+        times = ", ".join(format_timestamp(float(frames.pts_seconds[i]), millis=True) for i in indices)
+        payload = ",".join(base64.b64encode(jpeg_bytes(frames.data[i], self.jpeg_quality)).decode("ascii")
+                           for i in indices)
+        return [{"type": "text", "text": f"A video of {len(indices)} frames sampled at {times}:"},
+                {"type": "video_url", "video_url": {"url": f"data:video/jpeg;base64,{payload}"}}]
 
     def generate(self, messages: list[dict[str, Any]], frames: FrameBatch | None,
                  sampling: SamplingConfig) -> Generation:

@@ -207,3 +207,43 @@ def test_run_many_keeps_order_and_isolates_failures(openai_stub, video: Path, tm
     assert results[0].answer == "a" and results[2].metadata == {"id": 3}
     assert results[1].error.startswith("VideoNotFoundError") and results[1].answer is None
     assert asyncio.run(agent.arun(video, "q4")).answer == "b"
+
+
+def test_scripted_sage_episode_extract_analyze_answer(openai_stub, video: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    """Stage-1 asks for frames of a window, Stage-2 has the tool model analyze the extracted
+    frames, then answers: the real tools run on the real video between the scripted turns."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from sage_fast.video.synth import read_frame_index
+
+    work = tmp_path / "work"
+
+    def analyze_the_extracted_frames(body: dict) -> float:
+        if openai_stub.replies and openai_stub.replies[0] == "ANALYZE":
+            frames = sorted(str(p) for p in work.rglob("frame_*.jpg"))
+            call = {"rationale": "read them", "name": "perform_reasoning",
+                    "arguments": {"query": "Which frame numbers are shown?", "media_paths": frames}}
+            openai_stub.replies[0] = stage2(False, None, [call])
+        return 0.0
+
+    openai_stub.latency_s = analyze_the_extracted_frames
+    openai_stub.replies = [stage1(None, [extract(video, "00:03:00", "00:03:10")]), "ANALYZE",
+                           "Frames 180 to 189.", stage2(True, "180-189", [])]
+    trajectory = make_agent(openai_stub, tmp_path).run(video, "Which frames are shown at minute 3?")
+    assert trajectory.answer == "180-189" and [t.stage for t in trajectory.turns] == ["stage1", "stage2", "stage2"]
+    extract_call, analyze_call = trajectory.tool_calls
+    assert extract_call.name == "extract_parts_from_timestamp" and not extract_call.error
+    assert analyze_call.name == "perform_reasoning" and analyze_call.result == "Frames 180 to 189."
+    # the tool model saw exactly the extracted frames, which are the frames at their named times
+    images = [p["image_url"]["url"] for m in openai_stub.requests[2]["messages"] if isinstance(m["content"], list)
+              for p in m["content"] if p["type"] == "image_url"]
+    shown = [read_frame_index(np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB")))
+             for url in images]
+    assert len(shown) == 10 and shown == sorted(shown) and shown[0] >= 180 and shown[-1] < 190
+    # the last Stage-2 prompt carries both results, keyed toolname_#k
+    final_prompt = json.dumps(openai_stub.requests[3]["messages"])
+    assert "extract_parts_from_timestamp" in final_prompt and "Frames 180 to 189." in final_prompt

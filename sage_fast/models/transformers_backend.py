@@ -68,7 +68,13 @@ class TransformersVLM:
 
         path = Path(model)
         if not path.is_dir():  # a hub id: transformers' own download (needs the hub)
-            path = Path(snapshot_download(str(model)))
+            try:
+                path = Path(snapshot_download(str(model)))
+            except Exception as exc:  # offline, unknown id, gated: one message that says what to do
+                raise OSError(f"{model}: not a local folder, and the Hugging Face hub could not provide it "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
+                              "Give a local model folder, or download it first "
+                              f"(`huggingface-cli download {model}`) on a machine with network access") from exc
         config = AutoConfig.from_pretrained(path)
         if config.model_type not in FAMILIES:
             raise ValueError(f"{model}: model type {config.model_type!r} is not a supported orchestrator; "

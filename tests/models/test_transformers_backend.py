@@ -83,3 +83,29 @@ def test_agent_from_pretrained_on_a_local_folder(tmp_path: Path, video: Path) ->
     assert isinstance(agent.orchestrator, TransformersVLM)
     assert {"extract_parts_from_timestamp", "identify_timestamps_visually", "perform_reasoning"} <= set(agent.registry.tools)
     assert agent.run(video, "q").turns[0].frames == 4
+
+
+def test_from_pretrained_resolves_a_hub_id_through_the_hub_cache(tmp_path: Path, video: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hub id goes through huggingface_hub's own resolution; offline, it is served from the
+    standard cache layout (models--owner--name/refs + snapshots), as after a first download."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--allenai--SAGE-MM-tiny-test"
+    build_tiny_model(tmp_path / "built", "qwen3_vl")
+    shutil.copytree(tmp_path / "built", repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.warns(UserWarning, match="meaningless"):
+        agent = Agent.from_pretrained("allenai/SAGE-MM-tiny-test", config=AgentConfig(
+            num_frames=4, max_stage2_steps=1, work_dir=str(tmp_path / "w"), sampling=SamplingConfig(max_tokens=8)))
+    assert agent.orchestrator.name == "transformers:allenai/SAGE-MM-tiny-test"
+    assert agent.orchestrator.family == "qwen3_vl"
+    assert agent.run(video, "q").turns[0].frames == 4
+    with pytest.raises(OSError, match="not a local folder, and the Hugging Face hub could not provide it"):
+        Agent.from_pretrained("allenai/not-in-the-cache")

@@ -64,6 +64,32 @@ if triton is not None:
             return x
 
     @triton.jit
+    def _fwd_step(acc, m_i, l_i, q, K, V, k_start, head_k, start_n, offs_m, offs_n, offs_d, d_ok, seqlen_k,
+                  shift, scale_log2, stride_kt, stride_kh, stride_vt, stride_vh, MASKED: tl.constexpr,
+                  CAUSAL: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+        """One key block of the online softmax: returns the updated (acc, row max, row sum)."""
+        cols = start_n + offs_n
+        col_ok = cols < seqlen_k
+        kv_mask = col_ok[:, None] & d_ok[None, :]
+        k = tl.load(K + (k_start + cols)[:, None] * stride_kt + head_k * stride_kh + offs_d[None, :],
+                    mask=kv_mask, other=0.0)
+        v = tl.load(V + (k_start + cols)[:, None] * stride_vt + head_k * stride_vh + offs_d[None, :],
+                    mask=kv_mask, other=0.0)
+        s = _mm(q, tl.trans(k), PRECISION, UPCAST) * scale_log2
+        if MASKED:
+            ok = col_ok[None, :]
+            if CAUSAL:
+                ok = ok & (cols[None, :] <= offs_m[:, None] + shift)
+            s = tl.where(ok, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key yet: no NaN
+        alpha = tl.exp2(m_i - m_safe)
+        p = tl.exp2(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + _mm(_rne(p, UPCAST).to(v.dtype), v, PRECISION, UPCAST)
+        return acc, m_new, l_i
+
+    @triton.jit
     def _fwd_kernel(Q, K, V, Out, LSE, CU_Q, CU_K, scale_log2,
                     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
                     stride_ot, stride_oh, stride_lh,
@@ -92,34 +118,26 @@ if triton is not None:
         q = tl.load(Q + (q_start + offs_m)[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
                     mask=row_ok[:, None] & d_ok[None, :], other=0.0)
         shift = seqlen_k - seqlen_q  # bottom-right alignment: row i sees keys j <= i + shift
-        if CAUSAL:  # noqa: SIM108 (Triton resolves this if at compile time)
+        if CAUSAL:  # the block's first row sees keys < start_m + shift + 1, its last < start_m + BLOCK_M + shift
+            full_end = (tl.maximum(tl.minimum(seqlen_k, start_m + shift + 1), 0) // BLOCK_N) * BLOCK_N
             end_n = tl.maximum(tl.minimum(seqlen_k, start_m + BLOCK_M + shift), 0)
         else:
+            full_end = (seqlen_k // BLOCK_N) * BLOCK_N
             end_n = seqlen_k
 
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-        for start_n in range(0, end_n, BLOCK_N):
-            cols = start_n + offs_n
-            col_ok = cols < seqlen_k
-            kv_mask = col_ok[:, None] & d_ok[None, :]
-            k = tl.load(K + (k_start + cols)[:, None] * stride_kt + head_k * stride_kh + offs_d[None, :],
-                        mask=kv_mask, other=0.0)
-            v = tl.load(V + (k_start + cols)[:, None] * stride_vt + head_k * stride_vh + offs_d[None, :],
-                        mask=kv_mask, other=0.0)
-            s = _mm(q, tl.trans(k), PRECISION, UPCAST) * scale_log2
-            ok = col_ok[None, :]
-            if CAUSAL:
-                ok = ok & (cols[None, :] <= offs_m[:, None] + shift)
-            s = tl.where(ok, s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key yet: no NaN
-            alpha = tl.exp2(m_i - m_safe)
-            p = tl.exp2(s - m_safe[:, None])
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + _mm(_rne(p, UPCAST).to(v.dtype), v, PRECISION, UPCAST)
-            m_i = m_new
+        # Key blocks every row of this block may fully see need no mask; the rest (the diagonal and
+        # the segment's ragged end) do. Same results, fewer instructions in the long loop.
+        for start_n in range(0, full_end, BLOCK_N):
+            acc, m_i, l_i = _fwd_step(acc, m_i, l_i, q, K, V, k_start, head_k, start_n, offs_m, offs_n, offs_d,
+                                      d_ok, seqlen_k, shift, scale_log2, stride_kt, stride_kh, stride_vt,
+                                      stride_vh, False, CAUSAL, PRECISION, UPCAST)
+        for start_n in range(full_end, end_n, BLOCK_N):
+            acc, m_i, l_i = _fwd_step(acc, m_i, l_i, q, K, V, k_start, head_k, start_n, offs_m, offs_n, offs_d,
+                                      d_ok, seqlen_k, shift, scale_log2, stride_kt, stride_kh, stride_vt,
+                                      stride_vh, True, CAUSAL, PRECISION, UPCAST)
 
         empty = l_i == 0.0  # rows that saw no key: output 0, lse +inf (so backward's p is 0)
         acc = acc / tl.where(empty, 1.0, l_i)[:, None]
@@ -192,6 +210,30 @@ if triton is not None:
                  _rne(dv, UPCAST).to(DV.dtype.element_ty), mask=kv_mask)
 
     @triton.jit
+    def _dq_step(dq, q, do, lse, delta, K, V, k_start, head_k, start_n, offs_m, offs_n, offs_d, row_ok, d_ok,
+                 seqlen_k, shift, scale_log2, stride_kt, stride_kh, stride_vt, stride_vh, MASKED: tl.constexpr,
+                 CAUSAL: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+        """One key block of dq = scale * sum_j P_ij (dP_ij - delta_i) k_j. Unmasked blocks need no
+        row mask either: rows past the segment have q = dO = delta = 0, so their dS is 0."""
+        cols = start_n + offs_n
+        col_ok = cols < seqlen_k
+        kv_mask = col_ok[:, None] & d_ok[None, :]
+        k = tl.load(K + (k_start + cols)[:, None] * stride_kt + head_k * stride_kh + offs_d[None, :],
+                    mask=kv_mask, other=0.0)
+        v = tl.load(V + (k_start + cols)[:, None] * stride_vt + head_k * stride_vh + offs_d[None, :],
+                    mask=kv_mask, other=0.0)
+        s = _mm(q, tl.trans(k), PRECISION, UPCAST) * scale_log2
+        p = tl.exp2(s - lse[:, None])
+        if MASKED:
+            ok = row_ok[:, None] & col_ok[None, :]
+            if CAUSAL:
+                ok = ok & (cols[None, :] <= offs_m[:, None] + shift)
+            p = tl.where(ok, p, 0.0)
+        dp = _mm(do, tl.trans(v), PRECISION, UPCAST)
+        ds = p * (dp - delta[:, None])
+        return dq + _mm(_rne(ds, UPCAST).to(k.dtype), k, PRECISION, UPCAST)
+
+    @triton.jit
     def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU_Q, CU_K, scale_log2, scale,
                        stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
                        stride_dot, stride_doh, stride_dqt, stride_dqh, stride_lh,
@@ -223,27 +265,21 @@ if triton is not None:
         lse = tl.load(LSE + head * stride_lh + q_start + offs_m, mask=row_ok, other=0.0)
         delta = tl.load(DELTA + head * stride_lh + q_start + offs_m, mask=row_ok, other=0.0)
         shift = seqlen_k - seqlen_q
-        if CAUSAL:  # noqa: SIM108 (Triton resolves this if at compile time)
+        if CAUSAL:  # as in the forward: unmasked key blocks first, then the diagonal ones
+            full_end = (tl.maximum(tl.minimum(seqlen_k, start_m + shift + 1), 0) // BLOCK_N) * BLOCK_N
             end_n = tl.maximum(tl.minimum(seqlen_k, start_m + BLOCK_M + shift), 0)
         else:
+            full_end = (seqlen_k // BLOCK_N) * BLOCK_N
             end_n = seqlen_k
         dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-        for start_n in range(0, end_n, BLOCK_N):
-            cols = start_n + offs_n
-            col_ok = cols < seqlen_k
-            kv_mask = col_ok[:, None] & d_ok[None, :]
-            k = tl.load(K + (k_start + cols)[:, None] * stride_kt + head_k * stride_kh + offs_d[None, :],
-                        mask=kv_mask, other=0.0)
-            v = tl.load(V + (k_start + cols)[:, None] * stride_vt + head_k * stride_vh + offs_d[None, :],
-                        mask=kv_mask, other=0.0)
-            s = _mm(q, tl.trans(k), PRECISION, UPCAST) * scale_log2
-            ok = row_ok[:, None] & col_ok[None, :]
-            if CAUSAL:
-                ok = ok & (cols[None, :] <= offs_m[:, None] + shift)
-            p = tl.where(ok, tl.exp2(s - lse[:, None]), 0.0)
-            dp = _mm(do, tl.trans(v), PRECISION, UPCAST)
-            ds = p * (dp - delta[:, None])
-            dq += _mm(_rne(ds, UPCAST).to(k.dtype), k, PRECISION, UPCAST)
+        for start_n in range(0, full_end, BLOCK_N):
+            dq = _dq_step(dq, q, do, lse, delta, K, V, k_start, head_k, start_n, offs_m, offs_n, offs_d, row_ok,
+                          d_ok, seqlen_k, shift, scale_log2, stride_kt, stride_kh, stride_vt, stride_vh,
+                          False, CAUSAL, PRECISION, UPCAST)
+        for start_n in range(full_end, end_n, BLOCK_N):
+            dq = _dq_step(dq, q, do, lse, delta, K, V, k_start, head_k, start_n, offs_m, offs_n, offs_d, row_ok,
+                          d_ok, seqlen_k, shift, scale_log2, stride_kt, stride_kh, stride_vt, stride_vh,
+                          True, CAUSAL, PRECISION, UPCAST)
         tl.store(DQ + (q_start + offs_m)[:, None] * stride_dqt + head * stride_dqh + offs_d[None, :],
                  _rne(dq * scale, UPCAST).to(DQ.dtype.element_ty), mask=q_mask)
 

@@ -155,3 +155,62 @@ def test_overhead_replay_arrays_10k(benchmark, say: Callable[[str], None], impl:
     per = 1e6 * benchmark.stats.stats.mean / len(out["kind"])
     say(f"\nreplay (arrays) 10k episodes [{impl}]: {len(out['kind'])} decisions, {per:.3f} us per decision")
     benchmark.extra_info.update(decisions=len(out["kind"]), us_per_decision=per)
+
+
+def _real_groups(tmp_path, scripts, group_size: int, max_tokens: int):  # noqa: ANN001, ANN202
+    import concurrent.futures
+
+    from sage_fast.models.base import SamplingConfig
+    from sage_fast.rollout.episodes import ScriptedEpisode, scripted_context, sleep_tool
+    from sage_fast.tools.registry import Tool, ToolRegistry
+
+    registry = ToolRegistry([Tool(sleep_tool, timeout_s=600.0)], max_workers=len(scripts))
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=len(scripts))
+    context = scripted_context(tmp_path)
+    sampling = SamplingConfig(max_tokens=max_tokens)
+    eps = [ScriptedEpisode(index=i, actions=s.action, tool_seconds=s.tool_s, registry=registry, context=context,
+                           executor=pool, sampling=sampling) for i, s in enumerate(scripts)]
+    return [eps[i:i + group_size] for i in range(0, len(eps), group_size)], registry, pool
+
+
+@pytest.mark.parametrize(("tool_median_s", "tool_p99_s"), [(0.1, 3.0), (1.0, 10.0)], ids=["fast-tools", "slow-tools"])
+def test_real_tiny_cpu(benchmark, say: Callable[[str], None], tmp_path, tool_median_s: float,  # noqa: ANN001
+                       tool_p99_s: float) -> None:
+    """REAL run, small: tiny random-weight Qwen2.5-VL on CPU (batched transformers generate, up to 32
+    new tokens a turn), tools that sleep through the real ToolRegistry; 32 episodes (4 groups of 8),
+    tool latency log-normal (median, p99) as parametrized, cut at 2 x p99; same scripted decisions
+    for both schedules."""
+    import asyncio
+
+    from sage_fast.models.tiny import build_tiny_model
+    from sage_fast.rollout.driver import run_rollout
+    from sage_fast.rollout.engines import TransformersEngine
+    from sage_fast.rollout.lockstep import run_lockstep
+
+    model = build_tiny_model(tmp_path / "tiny", "qwen2_5_vl", seed=0)
+    engine = TransformersEngine(model, max_batch=16)
+    workload = WorkloadConfig(groups=4, group_size=8, tool_median_s=tool_median_s, tool_p99_s=tool_p99_s)
+    scripts = make_workload(workload, seed=0)
+    config = SchedulerConfig(max_seqs=16, max_tokens=1_000_000, max_turns=11, tool_timeout=2 * tool_p99_s)
+
+    async def both():  # noqa: ANN202
+        groups, registry, pool = _real_groups(tmp_path, scripts, 8, 32)
+        a = await run_rollout(groups, engine, config)
+        registry.close()
+        groups, registry, pool2 = _real_groups(tmp_path, scripts, 8, 32)
+        b = await run_lockstep(groups, engine, config)
+        registry.close()
+        await engine.aclose()
+        pool.shutdown(wait=False)
+        pool2.shutdown(wait=False)
+        return a, b
+
+    a, b = benchmark.pedantic(lambda: asyncio.run(both()), rounds=1, iterations=1)
+    assert a.reasons == b.reasons and a.turns == b.turns and a.tool_calls == b.tool_calls
+    say(f"\nREAL tiny CPU, tools median {tool_median_s} s p99 {tool_p99_s} s, 32 episodes, {a.turns} turns, {a.tool_calls} tool calls "
+        f"({a.tool_timeouts} cut): async {a.episodes_per_s:.3f} eps/s (busy {a.engine_busy:.3f}, "
+        f"{a.seconds:.1f} s), lock-step {b.episodes_per_s:.3f} eps/s (busy {b.engine_busy:.3f}, "
+        f"{b.seconds:.1f} s): {a.episodes_per_s / b.episodes_per_s:.2f}x; generate calls "
+        f"{len(engine.batches)}, mean batch {statistics.mean(engine.batches):.1f}")
+    benchmark.extra_info.update(async_eps=a.episodes_per_s, lock_eps=b.episodes_per_s, async_busy=a.engine_busy,
+                                lock_busy=b.engine_busy)

@@ -116,6 +116,70 @@ def test_greedy_generation_matches_sdpa(folder: Path) -> None:
     assert torch.equal(ours.generate(**kwargs), sdpa.generate(**kwargs))
 
 
+def image_sample(model: torch.nn.Module, text_before: int, text_after: int, seed: int) -> dict[str, torch.Tensor]:
+    """One sample holding a 4x4-patch image (4 tokens after the 2x2 merge) between random text."""
+    config = model.config
+    vision = config.vision_config
+    gen = torch.Generator().manual_seed(seed)
+    grid = torch.tensor([[1, 4, 4]])
+    patch_dim = vision.in_channels * vision.temporal_patch_size * vision.patch_size ** 2
+    ids = torch.cat([torch.randint(10, 200, (text_before,), generator=gen),
+                     torch.tensor([config.vision_start_token_id] + [config.image_token_id] * 4
+                                  + [config.vision_end_token_id]),
+                     torch.randint(10, 200, (text_after,), generator=gen)])
+    types = (ids == config.image_token_id).int()
+    return dict(input_ids=ids, pixel_values=torch.randn(16, patch_dim, generator=gen), image_grid_thw=grid,
+                mm_token_type_ids=types)
+
+
+def test_packed_row_with_images_matches_samples_one_by_one(folder: Path) -> None:
+    """Image samples packed beside a text sample: the vision tower (non-causal, per image) and the
+    M-RoPE positions (each sample's own, concatenated) go through sage_varlen too. Reference: each
+    sample alone through sdpa, losses weighted by their target counts."""
+    sdpa, ours = load(folder, "sdpa"), load(folder, P.ATTN_NAME)
+    text_only = samples(0, [9])[0]
+    items = [image_sample(sdpa, 3, 12, seed=1), dict(input_ids=text_only), image_sample(sdpa, 20, 2, seed=2)]
+    for item in items:
+        labels = item["input_ids"].clone()
+        labels[item["input_ids"] == sdpa.config.image_token_id] = -100  # image tokens are not predicted
+        item["labels"] = labels
+    targets = [int((item["labels"][1:] != -100).sum()) for item in items]
+
+    # Reference: one sample at a time, grads of sum_i (n_i / N) * loss_i.
+    sdpa.zero_grad(set_to_none=True)
+    total_loss = torch.zeros(())
+    for item, n in zip(items, targets, strict=True):
+        batch = {k: (v.unsqueeze(0) if k in ("input_ids", "labels", "mm_token_type_ids") else v)
+                 for k, v in item.items()}
+        loss = sdpa(**batch).loss * (n / sum(targets))
+        loss.backward()
+        total_loss += loss.detach()
+    want = (total_loss, {n: p.grad.clone() for n, p in sdpa.named_parameters() if p.grad is not None})
+
+    # Packed: each sample's own M-RoPE positions, concatenated, with the text row (restarting) first.
+    positions = []
+    for item in items:
+        ids = item["input_ids"].unsqueeze(0)
+        if "pixel_values" in item:
+            mrope, _ = ours.model.get_rope_index(ids, mm_token_type_ids=item["mm_token_type_ids"].unsqueeze(0),
+                                                 image_grid_thw=item["image_grid_thw"])
+        else:
+            mrope = torch.arange(ids.shape[1]).view(1, 1, -1).expand(3, 1, -1)
+        positions.append(mrope)
+    lengths = [len(item["input_ids"]) for item in items]
+    text = P.position_ids_for_lengths(lengths).unsqueeze(0)
+    labels = torch.cat([item["labels"] for item in items]).unsqueeze(0)
+    labels[0, P.cu_seqlens_from_lengths(lengths)[:-1].long()] = -100
+    with_images = [item for item in items if "pixel_values" in item]
+    packed = dict(input_ids=torch.cat([item["input_ids"] for item in items]).unsqueeze(0), labels=labels,
+                  position_ids=torch.cat([text, torch.cat(positions, dim=-1)]),
+                  pixel_values=torch.cat([item["pixel_values"] for item in with_images]),
+                  image_grid_thw=torch.cat([item["image_grid_thw"] for item in with_images]),
+                  mm_token_type_ids=torch.cat([item.get("mm_token_type_ids", torch.zeros_like(item["input_ids"]))
+                                               for item in items]).unsqueeze(0))
+    assert_same(*loss_and_grads(ours, **packed), *want)
+
+
 def test_segments_from_position_ids() -> None:
     pos = torch.tensor([[0, 1, 2, 0, 1, 0, 0, 1, 2, 3]])
     cu, longest = P.cu_seqlens_from_position_ids(pos)

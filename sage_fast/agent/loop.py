@@ -13,10 +13,10 @@ import asyncio
 import concurrent.futures
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sage_fast.agent.parsing import ParsedOutput, parse_output
 from sage_fast.agent.prompts import PromptSet, stage1_messages, stage2_messages
@@ -30,6 +30,8 @@ from sage_fast.tools.video_tools import extract_parts_from_timestamp
 from sage_fast.tools.vlm_tools import VLMTools
 from sage_fast.tools.web_tools import WebConfig, WebTools
 from sage_fast.video.qwen_resize import QwenResizeConfig, visual_tokens_per_frame
+
+T = TypeVar("T")
 
 NO_TOOL_NOTE = ("No tool was requested although the question was judged not answerable yet. "
                 "Request a tool call or give the final answer.")
@@ -74,6 +76,17 @@ def default_tools(orchestrator: Orchestrator, tool_vlm: Orchestrator | None = No
         web_tools = WebTools(web)
         tools += [Tool(web_tools.unified_web_search), Tool(web_tools.parse_web_data)]
     return tools
+
+
+def run_blocking(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Runs ``coroutine`` to completion from synchronous code, also when the caller is itself
+    inside a running event loop (Jupyter, an async server): then on a fresh loop in a helper thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 def _notify(on_turn: Callable[[Turn], None] | None, turn: Turn) -> None:
@@ -136,13 +149,7 @@ class Agent:
         """One episode, blocking. Works inside a running event loop too (Jupyter): the episode
         then runs on its own loop in a helper thread. ``on_turn`` sees each turn as soon as it
         (and its tool call) is done, for live display."""
-        coroutine = self.arun(video_path, question, metadata=metadata, on_turn=on_turn)
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(coroutine)
-        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-            return pool.submit(asyncio.run, coroutine).result()
+        return run_blocking(self.arun(video_path, question, metadata=metadata, on_turn=on_turn))
 
     async def arun(self, video_path: str | Path, question: str, *, metadata: dict[str, Any] | None = None,
                    on_turn: Callable[[Turn], None] | None = None) -> Trajectory:
@@ -206,13 +213,7 @@ class Agent:
         """Runs episodes concurrently; results keep the input order. Items are (video, question)
         pairs or dicts with ``video``, ``question`` and optional ``metadata``. An episode that
         raises is returned with ``error`` set, and the others go on."""
-        coroutine = self.arun_many(items, concurrency=concurrency, progress=progress)
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(coroutine)
-        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-            return pool.submit(asyncio.run, coroutine).result()
+        return run_blocking(self.arun_many(items, concurrency=concurrency, progress=progress))
 
     async def arun_many(self, items: list[tuple[str | Path, str]] | list[dict[str, Any]], *, concurrency: int = 4,
                         progress: bool = True) -> list[Trajectory]:

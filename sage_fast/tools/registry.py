@@ -85,6 +85,16 @@ def cache_arguments(context: ToolContext, arguments: dict[str, Any]) -> dict[str
     return normalized
 
 
+@dataclass
+class _Running:
+    """A tool call started in a worker thread."""
+
+    tool: Tool
+    cache_key: str | None
+    future: concurrent.futures.Future
+    started: float
+
+
 class ToolRegistry:
     """Runs tool calls for one agent (or many episodes of one agent at once)."""
 
@@ -146,52 +156,56 @@ class ToolRegistry:
         return str(call_with_retries(lambda: tool.fn(context, **record.validated_arguments), tool.retry,
                                      deadline=deadline, on_retry=count))
 
-    def _settle(self, record: ToolCallRecord, tool: Tool, future: concurrent.futures.Future | None,
-                exc: BaseException | None, cache_key: str | None, started: float) -> ToolCallRecord:
-        if exc is None and future is not None:
-            record.result = future.result()
+    def _start(self, context: ToolContext, call: ToolCall,
+               history: list[ToolCallRecord]) -> tuple[ToolCallRecord, _Running | None]:
+        """Checks ``call`` and, unless its record is already final (rejected, or a cache hit),
+        starts it in a worker thread."""
+        record, tool, cache_key = self._prepare(context, call, history)
+        if tool is None:
+            return record, None
+        future = self._pool.submit(self._execute, tool, context, record)
+        return record, _Running(tool, cache_key, future, time.perf_counter())
+
+    def _settle(self, record: ToolCallRecord, running: _Running, exc: BaseException | None) -> ToolCallRecord:
+        tool = running.tool
+        if exc is None:
+            record.result = running.future.result()
         elif isinstance(exc, (concurrent.futures.TimeoutError, asyncio.TimeoutError)):
             record.error = True
             record.result = f"{record.name} timed out after {tool.timeout_s:g} s; try a shorter window or another tool."
         elif isinstance(exc, ToolInputError):
             record.valid, record.error = False, True
             record.result = f"Invalid arguments for {record.name}: {exc}"
-        elif exc is not None:  # a tool's own failure is a result the model can react to
+        else:  # a tool's own failure is a result the model can react to
             record.error = True
             record.result = f"{record.name} failed: {type(exc).__name__}: {exc}"
-        record.seconds = time.perf_counter() - started
-        if cache_key is not None and not record.error and self.cache is not None:
-            self.cache.put(cache_key, record.result, tool_seconds=record.seconds,
+        record.seconds = time.perf_counter() - running.started
+        if running.cache_key is not None and not record.error and self.cache is not None:
+            self.cache.put(running.cache_key, record.result, tool_seconds=record.seconds,
                            describe={"tool": record.name, "arguments": record.validated_arguments})
         return record
 
     def call(self, context: ToolContext, call: ToolCall, history: list[ToolCallRecord]) -> ToolCallRecord:
         """Validates and runs ``call``; ``history`` (earlier calls of the episode) counts repeats."""
-        record, tool, cache_key = self._prepare(context, call, history)
-        if tool is None:
+        record, running = self._start(context, call, history)
+        if running is None:
             return record
-        started = time.perf_counter()
-        future = self._pool.submit(self._execute, tool, context, record)
         try:
-            future.result(timeout=tool.timeout_s)
-            error = None
+            running.future.result(timeout=running.tool.timeout_s)
         except BaseException as exc:  # noqa: BLE001 - every failure becomes the tool's result
-            error = exc
-        return self._settle(record, tool, future, error, cache_key, started)
+            return self._settle(record, running, exc)
+        return self._settle(record, running, None)
 
     async def acall(self, context: ToolContext, call: ToolCall, history: list[ToolCallRecord]) -> ToolCallRecord:
         """:meth:`call` for asyncio drivers: the event loop stays free while the tool runs."""
-        record, tool, cache_key = self._prepare(context, call, history)
-        if tool is None:
+        record, running = self._start(context, call, history)
+        if running is None:
             return record
-        started = time.perf_counter()
-        future = self._pool.submit(self._execute, tool, context, record)
         try:
-            await asyncio.wait_for(asyncio.wrap_future(future), timeout=tool.timeout_s)
-            error = None
+            await asyncio.wait_for(asyncio.wrap_future(running.future), timeout=running.tool.timeout_s)
         except Exception as exc:  # noqa: BLE001 - every failure becomes the tool's result
-            error = exc
-        return self._settle(record, tool, future, error, cache_key, started)
+            return self._settle(record, running, exc)
+        return self._settle(record, running, None)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

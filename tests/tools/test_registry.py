@@ -48,6 +48,25 @@ class CountingTool:
         return f"{event} at {timestamp_start} (call {self.calls})"
 
 
+def failing_then(failures: list[BaseException], result: str, name: str) -> Tool:
+    """A one-argument tool that raises ``failures`` in turn, then returns ``result``."""
+    pending = list(failures)
+
+    def tool(context: ToolContext, query: str) -> str:
+        """A scripted tool.
+
+        Args:
+            query: Anything.
+        """
+        tool.calls += 1  # type: ignore[attr-defined]
+        if pending:
+            raise pending.pop(0)
+        return result
+
+    tool.calls = 0  # type: ignore[attr-defined]
+    return Tool(tool, name=name, retry=FAST_RETRY)
+
+
 def call(name: str, **arguments: object) -> ToolCall:
     return ToolCall(name=name, arguments=dict(arguments), rationale="")
 
@@ -107,21 +126,9 @@ def test_media_paths_key_on_file_content(tmp_path: Path, video: Path) -> None:
 
 
 def test_errors_and_work_folder_results_are_not_cached(video: Path, tmp_path: Path) -> None:
-    fails = {"n": 0}
-
-    def flaky(context: ToolContext, query: str) -> str:
-        """Fails once.
-
-        Args:
-            query: Anything.
-        """
-        fails["n"] += 1
-        if fails["n"] == 1:
-            raise ValueError("bad luck")
-        return "ok"
-
     cache = ToolResultCache(tmp_path / "cache")
-    registry = ToolRegistry([Tool(flaky), Tool(extract_parts_from_timestamp)], cache=cache)
+    registry = ToolRegistry([failing_then([ValueError("bad luck")], "ok", "flaky"),
+                             Tool(extract_parts_from_timestamp)], cache=cache)
     context = ToolContext(video_path=video, work_dir=tmp_path / "w")
     assert registry.call(context, call("flaky", query="x"), []).error
     assert registry.call(context, call("flaky", query="x"), []).result == "ok"
@@ -146,20 +153,8 @@ def test_corrupt_and_stale_entries_are_misses(tmp_path: Path) -> None:
 
 
 def test_transient_failures_are_retried_with_back_off(video: Path, tmp_path: Path) -> None:
-    attempts = {"n": 0}
-
-    def network(context: ToolContext, query: str) -> str:
-        """Talks to a flaky server.
-
-        Args:
-            query: Anything.
-        """
-        attempts["n"] += 1
-        if attempts["n"] < 3:
-            raise httpx.ConnectError("connection refused")
-        return "answer"
-
-    registry = ToolRegistry([Tool(network, retry=FAST_RETRY)])
+    refused = httpx.ConnectError("connection refused")
+    registry = ToolRegistry([failing_then([refused, refused], "answer", "network")])
     record = registry.call(ToolContext(video_path=video, work_dir=tmp_path), call("network", query="q"), [])
     assert (record.result, record.attempts, record.error) == ("answer", 3, False)
 

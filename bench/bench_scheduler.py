@@ -158,19 +158,16 @@ def test_overhead_replay_arrays_10k(benchmark, say: Callable[[str], None], impl:
 
 
 def _real_groups(tmp_path, scripts, group_size: int, max_tokens: int):  # noqa: ANN001, ANN202
-    import concurrent.futures
-
     from sage_fast.models.base import SamplingConfig
     from sage_fast.rollout.episodes import ScriptedEpisode, scripted_context, sleep_tool
     from sage_fast.tools.registry import Tool, ToolRegistry
 
     registry = ToolRegistry([Tool(sleep_tool, timeout_s=600.0)], max_workers=len(scripts))
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=len(scripts))
     context = scripted_context(tmp_path)
     sampling = SamplingConfig(max_tokens=max_tokens)
     eps = [ScriptedEpisode(index=i, actions=s.action, tool_seconds=s.tool_s, registry=registry, context=context,
-                           executor=pool, sampling=sampling) for i, s in enumerate(scripts)]
-    return [eps[i:i + group_size] for i in range(0, len(eps), group_size)], registry, pool
+                           sampling=sampling) for i, s in enumerate(scripts)]
+    return [eps[i:i + group_size] for i in range(0, len(eps), group_size)], registry
 
 
 @pytest.mark.parametrize(("tool_median_s", "tool_p99_s"), [(0.1, 3.0), (1.0, 10.0)], ids=["fast-tools", "slow-tools"])
@@ -194,15 +191,13 @@ def test_real_tiny_cpu(benchmark, say: Callable[[str], None], tmp_path, tool_med
     config = SchedulerConfig(max_seqs=16, max_tokens=1_000_000, max_turns=11, tool_timeout=2 * tool_p99_s)
 
     async def both():  # noqa: ANN202
-        groups, registry, pool = _real_groups(tmp_path, scripts, 8, 32)
+        groups, registry = _real_groups(tmp_path, scripts, 8, 32)
         a = await run_rollout(groups, engine, config)
         registry.close()
-        groups, registry, pool2 = _real_groups(tmp_path, scripts, 8, 32)
+        groups, registry = _real_groups(tmp_path, scripts, 8, 32)
         b = await run_lockstep(groups, engine, config)
         registry.close()
         await engine.aclose()
-        pool.shutdown(wait=False)
-        pool2.shutdown(wait=False)
         return a, b
 
     a, b = benchmark.pedantic(lambda: asyncio.run(both()), rounds=1, iterations=1)

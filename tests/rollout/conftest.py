@@ -79,3 +79,17 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     from sage_fast.models.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "qwen2_5_vl", "qwen2_5_vl", seed=0)
+
+
+@pytest.fixture
+def make_faulty_openai():  # noqa: ANN201
+    """``make_faulty_openai()`` -> another server (for one endpoint per worker); all closed at teardown."""
+    servers: list[FaultyOpenAIServer] = []
+
+    def make() -> FaultyOpenAIServer:
+        servers.append(FaultyOpenAIServer())
+        return servers[-1]
+
+    yield make
+    for server in servers:
+        server.close()

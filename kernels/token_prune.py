@@ -147,7 +147,7 @@ def _token_prune_triton(
     indices = torch.empty(total, dtype=torch.int32, device=x.device)
     out = torch.empty((total, hidden), dtype=x.dtype, device=x.device)
     if total:
-        flat = x.reshape(frames * tokens, hidden)  # a view: stride(1) == 1 and rows are evenly spaced
+        flat = x.reshape(frames * tokens, hidden)  # a view when rows are evenly spaced, else a copy
         block_n, copy_d = 16, min(256, triton.next_power_of_2(hidden))
         _gather_kernel[(triton.cdiv(frames * tokens, block_n), triton.cdiv(hidden, copy_d))](
             flat, flat_keep, slots, out, indices, frames * tokens, hidden, flat.stride(0), out.stride(0),

@@ -17,6 +17,11 @@ ones *consistently* from everything the language model sees:
   its original (temporal, height, width) position. They go in as explicit ``(4, 1, N')`` position
   ids: row 0 is the plain 0..N'-1 index transformers uses for masks and the cache, rows 1-3 M-RoPE.
 
+Why ``mm_encoder_outputs`` and not ``inputs_embeds``: with ``inputs_embeds`` the model never sees
+the placeholders, so Qwen3-VL would skip deepstack (its ``visual_pos_masks`` come from them) and
+the call would no longer be the model's own forward; with pruned placeholders plus pruned
+pre-encoded features, everything after the vision tower is transformers' unchanged code path.
+
 Decode steps: ``generate`` extends explicit position ids by ``last + 1`` per step, the same rule it
 applies without pruning; since text tokens are never pruned, the last prompt position is the same,
 so every generated token gets the position it would have had without pruning. ``rope_deltas`` (the
@@ -109,6 +114,8 @@ def prune_video_inputs(
     pixel_values_videos, video_grid_thw (V, 3), second_per_grid_ts (V,): as for the model's forward.
     Batch size 1 only: pruning leaves each prompt a different length, and the orchestrator sends one
     prompt per call; batching pruned prompts would need left padding with per-row positions.
+    Runs without autograd (inference: ``generate``); a training forward that must backpropagate into
+    the vision tower should re-apply the returned ``kept`` mask to its own differentiable features.
     """
     from sage_fast.kernels.token_prune import token_prune  # here: importing Triton waits for the first use
 

@@ -19,7 +19,9 @@ Kernels (Liger-Kernel layout: kernels, launcher, ``torch.autograd.Function``, pu
   its GQA group and the query blocks that can see the key block, so dk/dv need no atomics;
 - ``_bwd_dq_kernel``: one program per (query block, segment, head), recomputing the probabilities
   from the saved log-sum-exp (no (L, L) matrix is ever stored).
-Blocks past a segment's end exit at once; the grid's first dimension is sized by max_seqlen.
+Blocks past a segment's end exit at once; the grid's first dimension is sized by max_seqlen. Key
+blocks that every row of a query block sees entirely skip the mask (only diagonal and ragged-end
+blocks pay for it).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import math
 
 import torch
 from sage_fast.kernels._dispatch import interpreter_mode, use_kernel
-from sage_fast.kernels.reference import varlen_attention_reference
+from sage_fast.kernels.reference import varlen_attention_sdpa
 
 try:
     import triton
@@ -303,13 +305,17 @@ def _blocks(head_dim: int, dtype: torch.dtype, on_gpu: bool) -> tuple[int, int, 
     return 128, 32, 8, 3
 
 
-def _bwd_blocks(head_dim: int, dtype: torch.dtype, on_gpu: bool) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for both backward kernels."""
+def _bwd_blocks(head_dim: int, dtype: torch.dtype, on_gpu: bool) -> tuple[tuple[int, int], tuple[int, int], int, int]:
+    """((BLOCK_M, BLOCK_N) of dk/dv, (BLOCK_M, BLOCK_N) of dq, num_warps, num_stages).
+
+    dk/dv keeps a wide key block in registers and streams narrow query blocks past it, dq the other
+    way round (the Triton fused-attention tutorial's shapes); fp32 tiles are twice the bytes.
+    """
     if not on_gpu:
-        return 16, 16, 1, 1
-    if dtype == torch.float32 or head_dim > 64:
-        return 32, 64, 4, 2
-    return 64, 64, 4, 2
+        return (16, 16), (16, 16), 1, 1
+    if dtype == torch.float32:
+        return (16, 64), (64, 16), 4, 2
+    return (32, 128), (128, 32), 4, 3
 
 
 def _check_args(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
@@ -405,9 +411,9 @@ def _backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     total_q, nheads, head_dim = q.shape
     nheads_k = k.shape[1]
     on_gpu = q.is_cuda and not interpreter_mode()
-    block_m, block_n, warps, stages = _bwd_blocks(head_dim, q.dtype, on_gpu)
+    kv_blocks, q_blocks, warps, stages = _bwd_blocks(head_dim, q.dtype, on_gpu)
     if blocks is not None:
-        block_m, block_n = blocks
+        kv_blocks = q_blocks = blocks
     do = do.contiguous() if do.stride(-1) != 1 else do
     # delta_i = sum_d dO_id * O_id = sum_j P_ij dP_ij, the softmax backward's row term (fp32).
     delta = (out.float() * do.float()).sum(-1).transpose(0, 1).contiguous()  # (nheads, total_q)
@@ -417,21 +423,22 @@ def _backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     batch = cu_q.numel() - 1
     if total_q == 0 or k.shape[0] == 0:
         return dq, dk, dv
-    common = dict(GROUP=nheads // nheads_k, HEAD_DIM=head_dim,
-                  BLOCK_D=max(16, triton.next_power_of_2(head_dim)), BLOCK_M=block_m, BLOCK_N=block_n,
-                  CAUSAL=causal, PRECISION=_precision(q.dtype), UPCAST=_upcast(q.dtype), num_warps=warps, num_stages=stages)
+    common = dict(GROUP=nheads // nheads_k, HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
+                  CAUSAL=causal, PRECISION=_precision(q.dtype), UPCAST=_upcast(q.dtype), num_warps=warps,
+                  num_stages=stages)
     if max_seqlen_k > 0:
-        _bwd_dkdv_kernel[(triton.cdiv(max_seqlen_k, block_n), batch, nheads_k)](
+        _bwd_dkdv_kernel[(triton.cdiv(max_seqlen_k, kv_blocks[1]), batch, nheads_k)](
             q, k, v, do, lse, delta, dk, dv, cu_q, cu_k, scale * LOG2E, scale,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
             do.stride(0), do.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
-            lse.stride(0), **common,
+            lse.stride(0), BLOCK_M=kv_blocks[0], BLOCK_N=kv_blocks[1], **common,
         )
     if max_seqlen_q > 0:
-        _bwd_dq_kernel[(triton.cdiv(max_seqlen_q, block_m), batch, nheads)](
+        _bwd_dq_kernel[(triton.cdiv(max_seqlen_q, q_blocks[0]), batch, nheads)](
             q, k, v, do, lse, delta, dq, cu_q, cu_k, scale * LOG2E, scale,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-            do.stride(0), do.stride(1), dq.stride(0), dq.stride(1), lse.stride(0), **common,
+            do.stride(0), do.stride(1), dq.stride(0), dq.stride(1), lse.stride(0),
+            BLOCK_M=q_blocks[0], BLOCK_N=q_blocks[1], **common,
         )
     return dq, dk, dv
 
@@ -464,17 +471,19 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
 
     q: (total_q, nheads, head_dim); k, v: (total_k, nheads_k, head_dim) with nheads % nheads_k == 0;
     cu_seqlens_q, cu_seqlens_k: int32 (batch + 1,) cumulative segment lengths (segment b is rows
-    cu[b]:cu[b+1]); max_seqlen_q / max_seqlen_k: the longest segment (sizes the launch grid; a value
-    too small silently skips rows, as in flash-attn). causal: bottom-right aligned mask (see the
+    cu[b]:cu[b+1]); max_seqlen_q / max_seqlen_k: the longest segment (sizes the launch grid; checked
+    on the CPU, while on a GPU a value too small skips rows, as in flash-attn, because checking would
+    synchronise the device). causal: bottom-right aligned mask (see the
     module docstring); softmax_scale: default 1/sqrt(head_dim). fp16/bf16 (fp32 for tests), head_dim
     up to 256 (64, 80 and 128 are the Qwen-VL ones). Returns (total_q, nheads, head_dim).
 
     Runs the Triton kernels when ``sage_fast.kernels._dispatch.use_kernel`` says so (CUDA tensors or
-    the interpreter), else ``varlen_attention_reference`` (plain PyTorch, per segment).
+    the interpreter), else ``varlen_attention_sdpa`` (one PyTorch SDPA call per segment: memory
+    stays O(total), unlike the tests' written-out reference).
     """
     _check_args(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k))
     scale = 1.0 / math.sqrt(q.shape[-1]) if softmax_scale is None else float(softmax_scale)
     if not use_kernel(q, k, v):
-        return varlen_attention_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, causal=causal, softmax_scale=scale)
+        return varlen_attention_sdpa(q, k, v, cu_seqlens_q, cu_seqlens_k, causal=causal, softmax_scale=scale)
     return VarlenAttentionFunction.apply(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q),
                                          int(max_seqlen_k), bool(causal), scale)

@@ -33,6 +33,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from sage_fast.kernels import packed_attention
+from sage_fast.kernels.reference import varlen_attention_sdpa as per_segment_sdpa
+
+__all__ = ["ATTN_NAME", "attend", "cu_seqlens_from_lengths", "cu_seqlens_from_position_ids", "packed_kwargs",
+           "per_segment_sdpa", "position_ids_for_lengths", "register", "sage_varlen_attention_forward"]
 ATTN_NAME = "sage_varlen"
 
 
@@ -99,61 +104,13 @@ def packed_kwargs(lengths: list[int], device: torch.device | str | None = None) 
 
 # ---- attention over flattened segments -----------------------------------------------------------
 
-def per_segment_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
-                     cu_seqlens_k: torch.Tensor, causal: bool = True,
-                     softmax_scale: float | None = None) -> torch.Tensor:
-    """The fallback: one ``scaled_dot_product_attention`` call per segment (flash-attn shapes).
-
-    q: (total_q, nheads, head_dim); k, v: (total_k, nheads_k, head_dim); cu_seqlens int32 (batch + 1,).
-    Same conventions as the kernel: bottom-right causal alignment, zeros for queries that see no key
-    (SDPA itself would return NaN for them) and for rows outside every segment.
-    Returns (total_q, nheads, head_dim).
-    """
-    group = q.shape[1] // k.shape[1]
-    bounds_q, bounds_k = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
-    pieces = [q.new_zeros((bounds_q[0], *q.shape[1:]))] if bounds_q[0] > 0 else []
-    for b in range(len(bounds_q) - 1):
-        q0, q1, k0, k1 = bounds_q[b], bounds_q[b + 1], bounds_k[b], bounds_k[b + 1]
-        len_q, len_k = q1 - q0, k1 - k0
-        # Queries that see no key: all of them without keys; under a causal mask the first
-        # len_q - len_k (bottom-right alignment: query i sees keys j <= i + len_k - len_q).
-        blind = len_q if len_k == 0 else max(len_q - len_k, 0) if causal else 0
-        if blind:
-            pieces.append(q.new_zeros((blind, *q.shape[1:])))
-        rows = len_q - blind
-        if rows == 0:
-            continue
-        qs = q[q0 + blind:q1].transpose(0, 1).unsqueeze(0)  # (1, nheads, rows, head_dim)
-        ks = k[k0:k1].transpose(0, 1).unsqueeze(0)
-        vs = v[k0:k1].transpose(0, 1).unsqueeze(0)
-        if group > 1:  # enable_gqa exists from torch 2.5 on; repeating works everywhere
-            ks, vs = ks.repeat_interleave(group, dim=1), vs.repeat_interleave(group, dim=1)
-        mask = None
-        if causal and rows != len_k:  # SDPA's is_causal is top-left aligned: give the mask
-            i = torch.arange(rows, device=q.device)[:, None]
-            mask = torch.arange(len_k, device=q.device)[None, :] <= i + (len_k - rows)
-        out = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, scale=softmax_scale,
-                                             is_causal=causal and rows == len_k)
-        pieces.append(out.squeeze(0).transpose(0, 1))
-    tail = q.shape[0] - bounds_q[-1]
-    if tail > 0:
-        pieces.append(q.new_zeros((tail, *q.shape[1:])))
-    return torch.cat(pieces) if pieces else q.new_zeros(q.shape)
-
-
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
            cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, causal: bool,
            softmax_scale: float | None) -> torch.Tensor:
-    """The Triton kernel where it can run (``use_kernel``), per-segment SDPA elsewhere.
-
-    Shapes as ``varlen_attention``: (total, heads, head_dim) in and out."""
-    from sage_fast.kernels import packed_attention
-    from sage_fast.kernels._dispatch import use_kernel
-
-    if use_kernel(q, k, v):
-        return packed_attention.varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                                                 causal=causal, softmax_scale=softmax_scale)
-    return per_segment_sdpa(q, k, v, cu_seqlens_q, cu_seqlens_k, causal=causal, softmax_scale=softmax_scale)
+    """``varlen_attention``: the Triton kernel where it can run (``use_kernel``), per-segment SDPA
+    (``per_segment_sdpa``) elsewhere. Shapes: (total, heads, head_dim) in and out."""
+    return packed_attention.varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                             causal=causal, softmax_scale=softmax_scale)
 
 
 # ---- the transformers attention function ---------------------------------------------------------

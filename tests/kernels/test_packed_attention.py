@@ -14,7 +14,7 @@ import pytest
 import torch
 from sage_fast.kernels import packed_attention as pa
 from sage_fast.kernels._dispatch import why_kernel_cannot_run
-from sage_fast.kernels.reference import varlen_attention_reference
+from sage_fast.kernels.reference import varlen_attention_reference, varlen_attention_sdpa
 
 needs_kernel = pytest.mark.skipif(why_kernel_cannot_run(torch.empty(0, device="cuda" if torch.cuda.is_available()
                                                                      else "cpu")) is not None,
@@ -135,11 +135,17 @@ def test_strided_inputs_from_a_fused_qkv_projection() -> None:
     torch.testing.assert_close(got, want, atol=2e-6, rtol=2e-6)
 
 
-def test_forced_reference_is_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_forced_reference_is_per_segment_sdpa(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SAGE_FAST_FORCE_IMPL=reference (and any machine where Triton cannot run) takes the
+    per-segment SDPA fallback, which agrees with the written-out reference, rows without keys too."""
     monkeypatch.setenv("SAGE_FAST_FORCE_IMPL", "reference")
-    q, k, v, _ = make_inputs(LENGTHS, LENGTHS, 4, 2, 64, torch.float32)
-    cu = cu_seqlens(LENGTHS)
-    assert torch.equal(pa.varlen_attention(q, k, v, cu, cu, 33, 33), varlen_attention_reference(q, k, v, cu, cu))
+    lengths_q, lengths_k = [1, 17, 40, 3, 0, 5], [30, 33, 16, 3, 7, 0]
+    q, k, v, _ = make_inputs(lengths_q, lengths_k, 4, 2, 64, torch.float32)
+    cu_q, cu_k = cu_seqlens(lengths_q), cu_seqlens(lengths_k)
+    for causal in (True, False):
+        got = pa.varlen_attention(q, k, v, cu_q, cu_k, 40, 33, causal=causal)
+        assert torch.equal(got, varlen_attention_sdpa(q, k, v, cu_q, cu_k, causal=causal))
+        torch.testing.assert_close(got, varlen_attention_reference(q, k, v, cu_q, cu_k, causal=causal))
 
 
 @pytest.mark.parametrize(("change", "message"), [
@@ -168,3 +174,15 @@ def test_gpu_sized_segments(head_dim: int, dtype: torch.dtype) -> None:
     """GPU blocks (64/128): one long sample beside short ones, as in RL packing."""
     lengths = [1, 127, 129, 300, 2050, 64, 1000]
     check_against_reference(lengths, lengths, 8, 2, head_dim, dtype, True)
+
+
+@pytest.mark.gpu
+def test_gpu_matches_flash_attn_varlen() -> None:
+    """Same conventions as flash-attn (bottom-right causal, GQA, zeros for rows without keys)."""
+    flash_attn = pytest.importorskip("flash_attn")
+    lengths_q, lengths_k = [1, 300, 2050, 64, 17], [40, 300, 2050, 60, 17]
+    q, k, v, _ = make_inputs(lengths_q, lengths_k, 8, 2, 128, torch.bfloat16)
+    cu_q, cu_k = cu_seqlens(lengths_q), cu_seqlens(lengths_k)
+    got = pa.varlen_attention(q, k, v, cu_q, cu_k, max(lengths_q), max(lengths_k), causal=True)
+    want = flash_attn.flash_attn_varlen_func(q, k, v, cu_q, cu_k, max(lengths_q), max(lengths_k), causal=True)
+    torch.testing.assert_close(got, want, atol=2e-2, rtol=2e-2)

@@ -189,7 +189,7 @@ def test_segments_from_position_ids() -> None:
     assert cu.tolist() == [0, 4, 6, 12] and longest == 6
 
 
-def test_per_segment_sdpa_matches_the_reference() -> None:
+def test_per_segment_sdpa_fallback_matches_the_reference() -> None:
     from sage_fast.kernels.reference import varlen_attention_reference
 
     gen = torch.Generator().manual_seed(0)

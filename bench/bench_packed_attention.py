@@ -35,8 +35,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from sage_fast.kernels.reference import varlen_attention_sdpa as per_segment_sdpa
 
-from sage_fast.models.packed_attention import cu_seqlens_from_lengths, per_segment_sdpa
+from sage_fast.models.packed_attention import cu_seqlens_from_lengths
 
 REPO = Path(__file__).resolve().parent.parent
 PROVIDERS = ["sage_fast triton", "flash_attn varlen", "padded sdpa", "per-segment sdpa"]
@@ -240,7 +241,8 @@ def test_packed_attention(benchmark, case: Case, provider: str, mode: str) -> No
     info = benchmark.extra_info
     info.update(case=case.name, provider=provider, mode=mode, tokens=sum(x.lengths), samples=len(x.lengths),
                 longest=max(x.lengths), heads=f"{case.nheads}/{case.nheads_k}x{case.head_dim}",
-                dtype=str(case.dtype).removeprefix("torch."), device=device(), max_rel_error=error,
+                dtype=str(case.dtype).removeprefix("torch."), device=device(), threads=torch.get_num_threads(),
+                max_rel_error=error,
                 useful_gflop=round(work / 1e9, 2), peak_mb=round(peak_memory_mb(provider, case, mode), 1))
     mean = benchmark.stats.stats.mean
     info["tflops"] = round(work / mean / 1e12, 4)
@@ -263,7 +265,8 @@ def report(path: str) -> str:
         group.sort(key=lambda r: r["median"])
         first = group[0]
         lines += [f"#### {case_name}, {mode}: {first['tokens']} tokens in {first['samples']} samples "
-                  f"(longest {first['longest']}), heads {first['heads']}, {first['dtype']}, {first['device']}", "",
+                  f"(longest {first['longest']}), heads {first['heads']}, {first['dtype']}, {first['device']}"
+                  + (f", {first['threads']} torch threads" if first["device"] == "cpu" else ""), "",
                   f"| provider | median (ms) | mean (ms) | rounds | TFLOP/s (useful, at the median) | peak extra memory (MB) | {first['provider']} "
                   "speed-up over it | max rel. error vs fp32 |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in group:

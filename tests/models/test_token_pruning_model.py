@@ -15,7 +15,12 @@ pytest.importorskip("transformers")
 from sage_fast.kernels.reference import token_prune_reference  # noqa: E402
 
 from sage_fast.models.base import SamplingConfig  # noqa: E402
-from sage_fast.models.qwen_inputs import mm_token_type_ids  # noqa: E402
+from sage_fast.models.qwen_inputs import (  # noqa: E402
+    mm_token_type_ids,
+    patchify_frames,
+    second_per_grid,
+    video_prompt_text,
+)
 from sage_fast.models.tiny import build_tiny_model  # noqa: E402
 from sage_fast.models.token_pruning import TokenPruningConfig, prune_video_inputs  # noqa: E402
 from sage_fast.models.transformers_backend import TransformersVLM  # noqa: E402
@@ -79,14 +84,18 @@ def hand_pruned_logits(model: TransformersVLM, inputs: dict[str, Any], config: T
     the same sequence positions deleted by hand, then the language model and the LM head."""
     base, input_ids = model.model.model, inputs["input_ids"]
     video = base.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"], return_dict=True)
-    features = video.pooler_output[0]
-    t, h, w = inputs["video_grid_thw"][0].tolist()
-    indices, _, _ = token_prune_reference(features.view(t, h * w // 4, -1), threshold=config.threshold,
-                                          keep_ratio=config.keep_ratio)
+    features = torch.cat(video.pooler_output)
+    chosen, start = [], 0
+    for (t, h, w), part in zip(inputs["video_grid_thw"].tolist(), video.pooler_output, strict=True):
+        indices, _, _ = token_prune_reference(part.view(t, h * w // 4, -1), threshold=config.threshold,
+                                              keep_ratio=config.keep_ratio)
+        chosen.append(indices.long() + start)
+        start += part.shape[0]
+    indices = torch.cat(chosen)  # into all videos' tokens, in prompt order
     is_video = input_ids[0] == model.video_token_id
     slots = torch.nonzero(is_video).flatten()
     keep = ~is_video
-    keep[slots[indices.long()]] = True
+    keep[slots[indices]] = True
     embeds = base.get_input_embeddings()(input_ids)
     embeds[0, is_video] = features.to(embeds.dtype)
     extra = {"second_per_grid_ts": inputs["second_per_grid_ts"]} if "second_per_grid_ts" in inputs else {}
@@ -95,7 +104,7 @@ def hand_pruned_logits(model: TransformersVLM, inputs: dict[str, Any], config: T
     lm_kwargs: dict[str, Any] = {}
     if model.family == "qwen3_vl":  # deepstack rows follow the kept video tokens
         lm_kwargs = {"visual_pos_masks": is_video[keep][None],
-                     "deepstack_visual_embeds": [level[0][indices.long()] for level in video.deepstack_features]}
+                     "deepstack_visual_embeds": [torch.cat(level)[indices] for level in video.deepstack_features]}
     hidden = base.language_model(inputs_embeds=embeds[:, keep], position_ids=positions[:, :, keep],
                                  **lm_kwargs).last_hidden_state
     return model.model.lm_head(hidden)
@@ -127,6 +136,29 @@ def test_pruned_logits_equal_hand_pruned_reference(model: TransformersVLM, confi
     torch.testing.assert_close(logits, hand_pruned_logits(model, inputs, config))
     # Not vacuous: removing tokens changes what the model predicts.
     assert not torch.allclose(logits[0, -1], model.model(**inputs).logits[0, -1])
+
+
+@torch.no_grad()
+def test_two_videos_in_one_prompt(model: TransformersVLM) -> None:
+    """Each video is pruned on its own (its first group kept whole), in prompt order. (Qwen3-VL
+    ignores ``second_per_grid_ts``: its times are in the prompt text.)"""
+    frames = frames_for(model)
+    first = patchify_frames(frames.data, frames.pts_seconds, model.spec)
+    second = patchify_frames(frames.data[:4].flip(0), frames.pts_seconds[:4], model.spec)  # 2 groups
+    text = ("<|im_start|>user\n" + video_prompt_text(first, model.spec) + " and "
+            + video_prompt_text(second, model.spec) + " differ?<|im_end|>\n<|im_start|>assistant\n")
+    input_ids = model.tokenizer(text, return_tensors="pt").input_ids
+    inputs = dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                  mm_token_type_ids=mm_token_type_ids(input_ids, image_token_id=model.image_token_id,
+                                                      video_token_id=model.video_token_id),
+                  pixel_values_videos=torch.cat([first.pixel_values, second.pixel_values]),
+                  video_grid_thw=torch.cat([first.grid_thw, second.grid_thw]),
+                  second_per_grid_ts=torch.tensor([second_per_grid(first, model.spec),
+                                                   second_per_grid(second, model.spec)]))
+    config = TokenPruningConfig(keep_ratio=0.5)
+    pruned = prune(model, inputs, config)
+    assert pruned.counts == [6, 3, 3, 3, 6, 3]
+    torch.testing.assert_close(model.model(**pruned.model_kwargs()).logits, hand_pruned_logits(model, inputs, config))
 
 
 @torch.no_grad()

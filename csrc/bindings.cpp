@@ -122,10 +122,15 @@ PYBIND11_MODULE(_C, m) {
            }),
            py::arg("max_seqs"), py::arg("max_tokens"), py::arg("max_turns"), py::arg("tool_timeout"),
            py::arg("episode_timeout"), py::arg("max_active_groups"), py::arg("group_priority"))
-      .def("add_group", [](Scheduler& s, int32_t size, int64_t cost, double now) {
-             const int64_t g = s.add_group(size, cost, now);
+      .def("add_group", [](Scheduler& s, int32_t size, int64_t cost, double now, bool prepare) {
+             const int64_t g = s.add_group(size, cost, now, prepare);
              return py::make_tuple(g, decisions_to_list(s.take()));
-           }, py::arg("size"), py::arg("cost"), py::arg("now"), "-> (group id, decisions)")
+           }, py::arg("size"), py::arg("cost"), py::arg("now"), py::arg("prepare") = false,
+           "-> (group id, decisions)")
+      .def("finish", [](Scheduler& s, int64_t e, int32_t reason, double now) {
+             s.finish_episode(e, reason, now);
+             return decisions_to_list(s.take());
+           }, py::arg("episode"), py::arg("reason"), py::arg("now"))
       .def("turn_finished", [](Scheduler& s, int64_t e, int32_t action, int64_t next_cost, double now) {
              s.turn_finished(e, action, next_cost, now);
              return decisions_to_list(s.take());

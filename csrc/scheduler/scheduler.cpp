@@ -98,7 +98,14 @@ void Scheduler::activate_groups(double now) {
     g.active = true;
     ++active_groups_;
     for (int64_t e = g.first; e < g.first + g.size; ++e) {
-      if (episodes_[static_cast<size_t>(e)].state == kPending) make_ready(e, now);
+      Episode& ep = episodes_[static_cast<size_t>(e)];
+      if (ep.state != kPending) continue;
+      if (g.prepare) {
+        ep.state = kInTool;  // set-up runs like a tool without a time-out; tool_finished queues turn 0
+        emit(kPrepare, e, ep.group, 0, now);
+      } else {
+        make_ready(e, now);
+      }
     }
   }
 }
@@ -129,14 +136,14 @@ void Scheduler::admit(double now) {
   }
 }
 
-int64_t Scheduler::add_group(int32_t size, int64_t cost, double now) {
+int64_t Scheduler::add_group(int32_t size, int64_t cost, double now, bool prepare) {
   if (size < 1) throw std::invalid_argument("size must be >= 1 episodes, got " + std::to_string(size));
   if (cost < 0) throw std::invalid_argument("cost must be >= 0 tokens, got " + std::to_string(cost));
   check_time(now);
   expire(now);
   const int64_t g = static_cast<int64_t>(groups_.size());
   const int64_t first = static_cast<int64_t>(episodes_.size());
-  groups_.push_back(Group{first, size, 0, false});
+  groups_.push_back(Group{first, size, 0, false, prepare});
   for (int32_t i = 0; i < size; ++i) {
     Episode ep;
     ep.group = g;
@@ -222,6 +229,19 @@ bool Scheduler::cancel(int64_t episode, double now) {
   return live_event;
 }
 
+bool Scheduler::finish_episode(int64_t episode, int32_t reason, double now) {
+  if (reason < kAnswered || reason > kFailed) {
+    throw std::invalid_argument("reason must be 0 (answered) .. 4 (failed), got " + std::to_string(reason));
+  }
+  Episode& ep = episode_at(episode, "finish");
+  check_time(now);
+  expire(now);
+  const bool live_event = ep.state != kDone;
+  if (live_event) finish(episode, reason, now);
+  admit(now);
+  return live_event;
+}
+
 int64_t Scheduler::cancel_group(int64_t group, double now) {
   if (group < 0 || group >= static_cast<int64_t>(groups_.size())) {
     throw std::out_of_range("cancel_group: unknown group " + std::to_string(group));
@@ -249,13 +269,14 @@ std::vector<Decision> Scheduler::take() {
 std::vector<Decision> Scheduler::replay(const std::vector<Event>& events) {
   for (const Event& ev : events) {
     switch (ev.code) {
-      case kEvAddGroup: add_group(static_cast<int32_t>(ev.a), ev.b, ev.time); break;
+      case kEvAddGroup: add_group(static_cast<int32_t>(ev.a), ev.b, ev.time, ev.c != 0); break;
       case kEvTurnFinished: turn_finished(ev.a, static_cast<int32_t>(ev.b), ev.c, ev.time); break;
       case kEvToolFinished: tool_finished(ev.a, ev.b, ev.time); break;
       case kEvAdvance: advance(ev.time); break;
       case kEvFail: fail(ev.a, ev.time); break;
       case kEvCancel: cancel(ev.a, ev.time); break;
       case kEvCancelGroup: cancel_group(ev.a, ev.time); break;
+      case kEvFinish: finish_episode(ev.a, static_cast<int32_t>(ev.b), ev.time); break;
       default: throw std::invalid_argument("unknown event code " + std::to_string(ev.code));
     }
   }

@@ -18,13 +18,15 @@
 namespace sage_fast::sched {
 
 // Numbers are part of the Python API (sage_fast/rollout/types.py mirrors them).
-enum DecisionKind : int32_t { kAdmit = 0, kStartTool = 1, kToolTimeout = 2, kFinish = 3, kGroupComplete = 4 };
+enum DecisionKind : int32_t {
+  kAdmit = 0, kStartTool = 1, kToolTimeout = 2, kFinish = 3, kGroupComplete = 4, kPrepare = 5,
+};
 enum FinishReason : int32_t { kAnswered = 0, kTurnCap = 1, kTimeout = 2, kCancelled = 3, kFailed = 4 };
 enum TurnAction : int32_t { kActionAnswer = 0, kActionTool = 1, kActionContinue = 2 };
 enum EpisodeState : int32_t { kPending = 0, kReady = 1, kGenerating = 2, kInTool = 3, kDone = 4 };
 enum EventCode : int32_t {
   kEvAddGroup = 0, kEvTurnFinished = 1, kEvToolFinished = 2, kEvAdvance = 3, kEvFail = 4, kEvCancel = 5,
-  kEvCancelGroup = 6,
+  kEvCancelGroup = 6, kEvFinish = 7,
 };
 
 struct Config {
@@ -46,7 +48,9 @@ struct Decision {
   double time;
 };
 
-// (code, a, b, c, time): one recorded event, for replays (see EventCode for the meaning of a, b, c).
+// (code, a, b, c, time): one recorded event, for replays. add_group: a = size, b = cost, c = prepare;
+// turn_finished: a = episode, b = action, c = next cost; tool_finished: a = episode, b = next cost;
+// fail / cancel: a = episode; cancel_group: a = group; finish: a = episode, b = reason.
 struct Event {
   int32_t code;
   int64_t a, b, c;
@@ -63,8 +67,10 @@ class Scheduler {
   explicit Scheduler(const Config& config);
 
   // Adds a GRPO group of `size` episodes whose first turn reserves `cost` tokens; returns the
-  // group id (0, 1, ...). Its episodes get the next `size` episode ids.
-  int64_t add_group(int32_t size, int64_t cost, double now);
+  // group id (0, 1, ...). Its episodes get the next `size` episode ids. With `prepare`, an
+  // episode does not queue its first turn when the group starts: a PREPARE decision tells the
+  // driver to set it up (decode its frames), and tool_finished() queues the turn when it is ready.
+  int64_t add_group(int32_t size, int64_t cost, double now, bool prepare = false);
   // The episode's turn finished generating: answer (done), tool call, or continue without a tool;
   // `next_cost` is the next turn's reservation. Returns false for a stale event (episode no
   // longer generating: it timed out or was cancelled meanwhile).
@@ -73,6 +79,8 @@ class Scheduler {
   void advance(double now);
   bool fail(int64_t episode, double now);
   bool cancel(int64_t episode, double now);
+  // Ends an episode from outside with `reason` (e.g. the agent loop answered on its own terms).
+  bool finish_episode(int64_t episode, int32_t reason, double now);
   int64_t cancel_group(int64_t group, double now);
 
   std::vector<Decision> take();              // decisions since the last take(), in order
@@ -97,6 +105,7 @@ class Scheduler {
   struct Group {
     int64_t first, size, done = 0;
     bool active = false;
+    bool prepare = false;
   };
   // (deadline, seq, episode, kind 0 = tool / 1 = episode, epoch); min-heap on (deadline, seq).
   using Deadline = std::tuple<double, int64_t, int64_t, int32_t, int64_t>;

@@ -24,7 +24,7 @@ from sage_fast.rollout.types import (
     TurnAction,
 )
 
-_ADMIT, _START_TOOL, _TOOL_TIMEOUT, _FINISH, _GROUP_COMPLETE = (int(k) for k in DecisionKind)
+_ADMIT, _START_TOOL, _TOOL_TIMEOUT, _FINISH, _GROUP_COMPLETE, _PREPARE = (int(k) for k in DecisionKind)
 _PENDING, _READY, _GENERATING, _IN_TOOL, _DONE = (int(s) for s in EpisodeState)
 
 
@@ -47,7 +47,7 @@ class PyScheduler:
         self._ready_seq: list[int] = []
         self._tool_epoch: list[int] = []
         self._started: list[bool] = []
-        self._groups: list[list] = []  # [first, size, done, active]
+        self._groups: list[list] = []  # [first, size, done, active, prepare]
         self._ready: list[tuple[int, int, int]] = []  # (priority, seq, episode)
         self._deadlines: list[tuple[float, int, int, int, int]] = []  # (deadline, seq, episode, kind, epoch)
         self._next_pending_group = 0
@@ -129,7 +129,12 @@ class PyScheduler:
             group[3] = True
             self._active_groups += 1
             for e in range(group[0], group[0] + group[1]):
-                if self._state[e] == _PENDING:
+                if self._state[e] != _PENDING:
+                    continue
+                if group[4]:
+                    self._state[e] = _IN_TOOL  # set-up runs like a tool without a time-out
+                    self._emit(_PREPARE, e, self._group[e], 0, self._now)
+                else:
                     self._make_ready(e)
 
     def _admit(self, now: float) -> None:
@@ -160,7 +165,8 @@ class PyScheduler:
         return out
 
     # -- events ------------------------------------------------------------------------------
-    def add_group(self, size: int, cost: int, now: float) -> tuple[int, list[tuple[int, int, int, int, float]]]:
+    def add_group(self, size: int, cost: int, now: float,
+                  prepare: bool = False) -> tuple[int, list[tuple[int, int, int, int, float]]]:
         if size < 1:
             raise ValueError(f"size must be >= 1 episodes, got {size}")
         if cost < 0:
@@ -169,7 +175,7 @@ class PyScheduler:
         self._expire(now)
         g = len(self._groups)
         first = len(self._state)
-        self._groups.append([first, size, 0, False])
+        self._groups.append([first, size, 0, False, bool(prepare)])
         self._group += [g] * size
         self._state += [_PENDING] * size
         self._turns += [0] * size
@@ -246,6 +252,11 @@ class PyScheduler:
     def cancel(self, episode: int, now: float) -> list:
         return self._end(episode, int(FinishReason.CANCELLED), now, "cancel")
 
+    def finish(self, episode: int, reason: int, now: float) -> list:
+        if not 0 <= reason <= 4:
+            raise ValueError(f"reason must be 0 (answered) .. 4 (failed), got {reason}")
+        return self._end(episode, int(reason), now, "finish")
+
     def cancel_group(self, group: int, now: float) -> list:
         if not 0 <= group < len(self._groups):
             raise IndexError(f"cancel_group: unknown group {group}")
@@ -263,7 +274,7 @@ class PyScheduler:
         out: list = []
         for code, a, b, c, t in events:
             if code == EventCode.ADD_GROUP:
-                out += self.add_group(a, b, t)[1]
+                out += self.add_group(a, b, t, c != 0)[1]
             elif code == EventCode.TURN_FINISHED:
                 out += self.turn_finished(a, b, c, t)
             elif code == EventCode.TOOL_FINISHED:
@@ -276,6 +287,8 @@ class PyScheduler:
                 out += self.cancel(a, t)
             elif code == EventCode.CANCEL_GROUP:
                 out += self.cancel_group(a, t)
+            elif code == EventCode.FINISH:
+                out += self.finish(a, b, t)
             else:
                 raise ValueError(f"unknown event code {code}")
         return out

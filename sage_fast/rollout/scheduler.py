@@ -58,10 +58,12 @@ class Scheduler:
         if self.events is not None:
             self.events.append((int(code), a, b, c, now))
 
-    def add_group(self, size: int, cost: int, now: float) -> tuple[int, list[DecisionTuple]]:
-        """Adds a GRPO group of ``size`` episodes (first-turn reservation ``cost`` tokens) -> (group id, decisions)."""
-        self._log(EventCode.ADD_GROUP, size, cost, 0, now)
-        return self._core.add_group(size, cost, now)
+    def add_group(self, size: int, cost: int, now: float, *, prepare: bool = False) -> tuple[int, list[DecisionTuple]]:
+        """Adds a GRPO group of ``size`` episodes (first-turn reservation ``cost`` tokens) -> (group
+        id, decisions). With ``prepare`` each episode first gets a PREPARE decision and queues its
+        first turn only when the driver reports it ready with :meth:`tool_finished`."""
+        self._log(EventCode.ADD_GROUP, size, cost, int(prepare), now)
+        return self._core.add_group(size, cost, now, prepare)
 
     def turn_finished(self, episode: int, action: int, next_cost: int, now: float) -> list[DecisionTuple]:
         self._log(EventCode.TURN_FINISHED, episode, int(action), next_cost, now)
@@ -82,6 +84,11 @@ class Scheduler:
     def cancel(self, episode: int, now: float) -> list[DecisionTuple]:
         self._log(EventCode.CANCEL, episode, 0, 0, now)
         return self._core.cancel(episode, now)
+
+    def finish(self, episode: int, reason: int, now: float) -> list[DecisionTuple]:
+        """Ends an episode from outside with ``reason`` (a FinishReason); stale when it is over already."""
+        self._log(EventCode.FINISH, episode, int(reason), 0, now)
+        return self._core.finish(episode, int(reason), now)
 
     def cancel_group(self, group: int, now: float) -> list[DecisionTuple]:
         self._log(EventCode.CANCEL_GROUP, group, 0, 0, now)

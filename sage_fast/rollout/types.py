@@ -17,6 +17,7 @@ class DecisionKind(IntEnum):
     TOOL_TIMEOUT = 2  # cut the tool; the episode goes on with an error result (aux = turn index)
     FINISH = 3  # the episode is over (aux = FinishReason)
     GROUP_COMPLETE = 4  # every episode of the GRPO group is over (episode = -1)
+    PREPARE = 5  # set the episode up (a prepare group's start); tool_finished queues its first turn
 
 
 class FinishReason(IntEnum):
@@ -42,13 +43,14 @@ class EpisodeState(IntEnum):
 
 
 class EventCode(IntEnum):
-    ADD_GROUP = 0  # a = size, b = cost
+    ADD_GROUP = 0  # a = size, b = cost, c = prepare (0/1)
     TURN_FINISHED = 1  # a = episode, b = action, c = next cost
     TOOL_FINISHED = 2  # a = episode, b = next cost
     ADVANCE = 3
     FAIL = 4  # a = episode
     CANCEL = 5  # a = episode
     CANCEL_GROUP = 6  # a = group
+    FINISH = 7  # a = episode, b = reason
 
 
 class Decision(NamedTuple):

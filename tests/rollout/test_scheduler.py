@@ -11,7 +11,7 @@ from sage_fast.rollout import DecisionKind, EpisodeState, FinishReason, Schedule
 from sage_fast.rollout.scheduler import cpp_available
 from sage_fast.rollout.sim import EngineModel, WorkloadConfig, make_workload, simulate_async
 
-A, S, T, F, G = (int(k) for k in DecisionKind)
+A, S, T, F, G, P = (int(k) for k in DecisionKind)
 IMPLS = [pytest.param("cpp", marks=pytest.mark.skipif(not cpp_available(), reason="compiled core not built")),
          "python"]
 
@@ -103,6 +103,22 @@ def test_active_group_limit_and_cancel_pending_group(impl: str) -> None:
 
 
 @pytest.mark.parametrize("impl", IMPLS)
+def test_prepare_groups_and_external_finish(impl: str) -> None:
+    s = Scheduler(SchedulerConfig(max_seqs=4, tool_timeout=1.0), impl=impl)
+    _, d = s.add_group(2, 5, 0.0, prepare=True)
+    assert d == [(P, 0, 0, 0, 0.0), (P, 1, 0, 0, 0.0)]  # set up first; no slot is held meanwhile
+    assert s.stats()["seqs_in_flight"] == 0 and s.next_deadline() == math.inf  # no time-out on set-up
+    assert kinds(s.tool_finished(1, 5, 2.0)) == [(A, 1)]  # episode 1 is ready first, goes first
+    assert s.finish(1, FinishReason.ANSWERED, 3.0) == [(F, 1, 0, int(FinishReason.ANSWERED), 3.0)]
+    assert s.finish(1, FinishReason.TURN_CAP, 3.5) == []  # over already
+    assert s.finish(0, FinishReason.TURN_CAP, 4.0) == [(F, 0, 0, int(FinishReason.TURN_CAP), 4.0),
+                                                       (G, -1, 0, 0, 4.0)]
+    assert s.stats()["seqs_in_flight"] == 0 and s.stats()["tokens_in_flight"] == 0
+    with pytest.raises(ValueError, match="reason"):
+        s.finish(0, 9, 5.0)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
 def test_bad_input_names_the_argument(impl: str) -> None:
     with pytest.raises(ValueError, match="max_seqs"):
         SchedulerConfig(max_seqs=0)
@@ -133,7 +149,7 @@ def fuzz_events(seed: int, config: SchedulerConfig, n: int = 3000) -> list[tuple
             by_state.setdefault(guide.state(e), []).append(e)
         r = rng.random()
         if r < 0.06 or episodes == 0 or len(by_state.get(EpisodeState.DONE, [])) == episodes:
-            event = (0, rng.randint(1, 8), rng.randint(0, 300), 0, now)
+            event = (0, rng.randint(1, 8), rng.randint(0, 300), int(rng.random() < 0.3), now)
             groups += 1
         elif r < 0.5:
             pool = by_state.get(EpisodeState.GENERATING) if rng.random() < 0.9 else None
@@ -146,7 +162,7 @@ def fuzz_events(seed: int, config: SchedulerConfig, n: int = 3000) -> list[tuple
         elif r < 0.93:
             event = (3, 0, 0, 0, now)
         elif r < 0.98:
-            event = (rng.choice([4, 5]), rng.randrange(episodes), 0, 0, now)
+            event = (rng.choice([4, 5, 7]), rng.randrange(episodes), rng.randrange(5), 0, now)
         else:
             event = (6, rng.randrange(groups), 0, 0, now)
         guide.replay([event])
@@ -164,7 +180,7 @@ def test_fuzzed_traces_decide_identically(seed: int) -> None:
     cpp, py = Scheduler(config, impl="cpp"), Scheduler(config, impl="python")
     cpp_log, py_log = cpp.replay(events), py.replay(events)
     assert len(cpp_log) > 500
-    expected = {A, S, F, G} | ({T} if config.tool_timeout > 0 else set())
+    expected = {A, S, F, G, P} | ({T} if config.tool_timeout > 0 else set())
     assert {d[0] for d in cpp_log} == expected  # every kind of decision was exercised
     assert cpp_log == py_log
     assert cpp.stats() == py.stats()

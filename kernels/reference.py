@@ -21,8 +21,8 @@ def tokens_kept_per_frame(keep_ratio: float, tokens_per_frame: int) -> int:
 
 
 def _check_prune_args(x: torch.Tensor, threshold: float | None, keep_ratio: float | None) -> None:
-    if x.dim() != 3 or x.shape[1] == 0 or x.shape[2] == 0:
-        raise ValueError(f"x must be (frames, tokens_per_frame, hidden) merged vision embeddings, got shape "
+    if x.dim() != 3 or 0 in x.shape:
+        raise ValueError(f"x must be non-empty (frames, tokens_per_frame, hidden) merged vision embeddings, got shape "
                          f"{tuple(x.shape)}; reshape the video's (N, hidden) embeddings with "
                          "x.view(grid_t, N // grid_t, hidden)")
     if not x.is_floating_point():

@@ -153,6 +153,7 @@ def test_forced_reference_skips_the_kernel(monkeypatch: pytest.MonkeyPatch) -> N
 
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"x": torch.zeros(4, 8)}, r"\(frames, tokens_per_frame, hidden\)"),
+    ({"x": torch.zeros(0, 8, 4), "keep_ratio": 0.5}, r"non-empty \(frames"),
     ({"x": torch.zeros(2, 3, 4, dtype=torch.int64), "threshold": 0.5}, "float32/float16/bfloat16"),
     ({"x": torch.zeros(2, 3, 4)}, "exactly one of threshold"),
     ({"x": torch.zeros(2, 3, 4), "threshold": 0.5, "keep_ratio": 0.5}, "exactly one of threshold"),

@@ -12,7 +12,8 @@ import pytest
 class FaultyOpenAIServer:
     """Answers /v1/chat/completions; ``faults`` is consumed one per request: ``"500"`` / ``"503"``
     (error status), ``"drop"`` (closes the connection without a response), ``"400"`` (a client
-    error no retry can fix); after that, every request gets ``reply``. Requests are kept, so the
+    error no retry can fix); after that, every request gets ``reply`` (a string, or a function of
+    the request body). Requests are kept, so the
     real ``openai`` client (and our retries) is what the tests exercise."""
 
     def __init__(self) -> None:
@@ -41,7 +42,7 @@ class FaultyOpenAIServer:
                     payload = json.dumps({"error": {"message": f"injected {fault}"}}).encode()
                     self.send_response(int(fault))
                 else:
-                    text = server.reply
+                    text = server.reply(body) if callable(server.reply) else server.reply
                     payload = json.dumps({
                         "id": f"stub-{len(server.requests)}", "object": "chat.completion", "created": 0,
                         "model": body.get("model", "stub"),

@@ -22,6 +22,7 @@ from sage_fast.agent.parsing import ParsedOutput, parse_output
 from sage_fast.agent.prompts import PromptSet, stage1_messages, stage2_messages
 from sage_fast.agent.trajectory import COULD_NOT_PRODUCE, ToolCallRecord, Trajectory, Turn
 from sage_fast.models.base import Orchestrator, SamplingConfig
+from sage_fast.models.token_pruning import TokenPruningConfig
 from sage_fast.tools.cache import ToolResultCache
 from sage_fast.tools.context import ToolContext
 from sage_fast.tools.registry import Tool, ToolRegistry
@@ -56,9 +57,14 @@ class AgentConfig:
         "help": "folder of the on-disk tool-result cache shared across episodes (None: off)"})
     tool_cache_max_age_s: float | None = field(default=None, metadata={
         "help": "cached results older than this are recomputed (web pages change); None: never"})
+    token_pruning: TokenPruningConfig | None = field(default=None, metadata={
+        "help": "local transformers orchestrators: drop Stage-1 video tokens that repeat the previous "
+                "temporal group, e.g. TokenPruningConfig(keep_ratio=0.5); positions are kept"})
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     def __post_init__(self) -> None:
+        if isinstance(self.token_pruning, dict):  # from a YAML / JSON overlay
+            self.token_pruning = TokenPruningConfig(**self.token_pruning)
         if self.frame_mode not in ("exact", "skim"):
             raise ValueError(f"frame_mode={self.frame_mode!r}: use 'exact' or 'skim'")
         if self.num_frames < 1 or self.max_stage2_steps < 0:
@@ -123,7 +129,9 @@ class Agent:
         folder: the model is the orchestrator and, shared, the tool VLM for grounding and analysis."""
         from sage_fast.models.transformers_backend import TransformersVLM
 
-        return cls(TransformersVLM(model, device=device), tools=tools, config=config)
+        config = config or AgentConfig()
+        return cls(TransformersVLM(model, device=device, token_pruning=config.token_pruning), tools=tools,
+                   config=config)
 
     async def _generate(self, messages: list[dict[str, Any]], frames: Any) -> Any:
         """The orchestrator call, off the event loop (``agenerate`` when the backend has one)."""
@@ -132,13 +140,16 @@ class Agent:
             return await agenerate(messages, frames, self.config.sampling)
         return await asyncio.to_thread(self.orchestrator.generate, messages, frames, self.config.sampling)
 
-    async def _turn(self, stage: str, step: int, messages: list[dict[str, Any]], frames: Any) -> tuple[Turn, ParsedOutput]:
+    async def _turn(self, stage: str, step: int, messages: list[dict[str, Any]], frames: Any,
+                    visual_tokens_estimate: int = 0) -> tuple[Turn, ParsedOutput]:
         generation = await self._generate(messages, frames)
         parsed = parse_output(generation.text, stage)  # type: ignore[arg-type]
         turn = Turn(stage=stage, step=step, messages=messages, raw_output=generation.text, parsed=parsed.data,  # type: ignore[arg-type]
                     repaired=parsed.repaired, keys_exact=parsed.keys_exact, parse_error=parsed.error,
                     generate_seconds=generation.seconds, tokens_in=generation.tokens_in,
-                    tokens_out=generation.tokens_out)
+                    tokens_out=generation.tokens_out,
+                    visual_tokens=(generation.visual_tokens if generation.visual_tokens is not None
+                                   else visual_tokens_estimate))
         return turn, parsed
 
     async def _run_tool(self, context: ToolContext, parsed: ParsedOutput, turn: Turn, trajectory: Trajectory) -> None:
@@ -177,9 +188,12 @@ class Agent:
         messages = stage1_messages(self.prompts, question=question, video_path=str(context.video_path),
                                    duration=meta.end_seconds, frame_times=frames.pts_seconds.tolist(),
                                    schemas=schemas)
-        turn, parsed = await self._turn("stage1", 0, messages, frames)
+        # the backend's own count when it has one (it knows about pruning), else the budget's:
+        # frames sharing a temporal patch (Qwen-VL video input) cost one grid per group
+        group = int(getattr(self.orchestrator, "frames_per_visual_group", 1))
+        estimate = -(-len(frames) // group) * visual_tokens_per_frame(size[0], size[1], self.resize)
+        turn, parsed = await self._turn("stage1", 0, messages, frames, estimate)
         turn.frames = len(frames)
-        turn.visual_tokens = len(frames) * visual_tokens_per_frame(size[0], size[1], self.resize)
         cost.frames_decoded += len(frames)
         cost.visual_tokens += turn.visual_tokens
         trajectory.turns.append(turn)

@@ -35,6 +35,7 @@ class Generation:
     tokens_in: int = 0
     tokens_out: int = 0
     seconds: float = 0.0
+    visual_tokens: int | None = None  # visual tokens the model read (after pruning); None: unknown
 
 
 class Orchestrator(Protocol):

@@ -49,6 +49,8 @@ class OpenAICompatible:
             raise ValueError(f"frames_as={frames_as!r}: use 'images' (one image_url per frame) or 'video' "
                              "(one video_url of JPEG frames, vLLM)")
         self.frames_as = frames_as
+        # a Qwen-VL server pairs consecutive video frames into one temporal patch; images stand alone
+        self.frames_per_visual_group = 2 if frames_as == "video" else 1
 
         self.name = f"openai:{model}@{base_url}"
         self.model = model

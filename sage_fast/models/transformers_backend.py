@@ -150,5 +150,7 @@ class TransformersVLM:
             torch.manual_seed(sampling.seed)
         output = self.model.generate(**kwargs)
         new = output[0, prompt_length:]
+        visual = int((model_inputs["input_ids"] == self.video_token_id).sum())
         return Generation(text=self.tokenizer.decode(new, skip_special_tokens=True), tokens_in=int(prompt_length),
-                          tokens_out=int(new.shape[0]), seconds=time.perf_counter() - started)
+                          tokens_out=int(new.shape[0]), seconds=time.perf_counter() - started,
+                          visual_tokens=visual)

@@ -46,6 +46,7 @@ def test_prompt_holds_one_video_with_matching_token_count(model: TransformersVLM
     assert text.count("seconds>") == (3 if model.family == "qwen3_vl" else 0)
     generation = model.generate(messages, frames, SamplingConfig(max_tokens=5))
     assert generation.tokens_in == len(model.tokenizer(text).input_ids) and 1 <= generation.tokens_out <= 5
+    assert generation.visual_tokens == text.count("<|video_pad|>")  # 6 frames = 3 temporal groups
 
 
 def test_seeded_sampling_is_reproducible(model: TransformersVLM) -> None:
@@ -109,3 +110,21 @@ def test_from_pretrained_resolves_a_hub_id_through_the_hub_cache(tmp_path: Path,
     assert agent.run(video, "q").turns[0].frames == 4
     with pytest.raises(OSError, match="not a local folder, and the Hugging Face hub could not provide it"):
         Agent.from_pretrained("allenai/not-in-the-cache")
+
+
+def test_agent_config_token_pruning_reaches_the_model(tmp_path: Path, video: Path) -> None:
+    from sage_fast.models.token_pruning import TokenPruningConfig
+
+    folder = build_tiny_model(tmp_path / "tiny", "qwen2_5_vl")
+    config = dict(num_frames=8, max_stage2_steps=0, work_dir=str(tmp_path / "w"), sampling=SamplingConfig(max_tokens=4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        full = Agent.from_pretrained(folder, config=AgentConfig(**config)).run(video, "q").turns[0]
+        pruned_agent = Agent.from_pretrained(folder, config=AgentConfig(**config, token_pruning={"keep_ratio": 0.5}))
+        pruned = pruned_agent.run(video, "q").turns[0]
+    assert isinstance(pruned_agent.config.token_pruning, TokenPruningConfig)
+    assert pruned_agent.orchestrator.token_pruning == TokenPruningConfig(keep_ratio=0.5)
+    # 8 frames = 4 temporal groups; the first group is kept whole, the other three keep half
+    per_group = full.visual_tokens // 4
+    assert pruned.visual_tokens == per_group + 3 * (per_group // 2)
+    assert full.tokens_in - pruned.tokens_in == full.visual_tokens - pruned.visual_tokens

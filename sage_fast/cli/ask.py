@@ -30,6 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--search", default="none", choices=("serper", "ddgs", "none"),
                         help="web search and page reading (serper needs SERPER_API_KEY)")
     parser.add_argument("--num-frames", type=int, default=128)
+    parser.add_argument("--prune", default=None, metavar="keep_ratio=R|threshold=T",
+                        help="local models: drop Stage-1 video tokens that repeat the previous frame group "
+                             "(e.g. keep_ratio=0.5 or threshold=0.95); positions are kept")
     parser.add_argument("--frame-mode", default="exact", choices=("exact", "skim"),
                         help="Stage-1 frames: exact uniform frames (the paper), or the nearest keyframes (fast)")
     parser.add_argument("--max-steps", type=int, default=10, help="Stage-2 steps before giving up")
@@ -55,8 +58,23 @@ def tiny_model_folder(family: str) -> Path:
     return folder
 
 
+def parse_pruning(spec: str | None):  # noqa: ANN201 (a TokenPruningConfig or None)
+    """``"keep_ratio=0.5"`` / ``"threshold=0.95"`` -> TokenPruningConfig."""
+    if spec is None:
+        return None
+    from sage_fast.models.token_pruning import TokenPruningConfig
+
+    key, sep, value = spec.partition("=")
+    if not sep or key not in ("keep_ratio", "threshold"):
+        raise ValueError(f"--prune {spec!r}: write keep_ratio=R (0..1) or threshold=T (-1..1)")
+    try:
+        return TokenPruningConfig(**{key: float(value)})
+    except ValueError as exc:
+        raise ValueError(f"--prune {spec!r}: {exc}") from exc
+
+
 def make_orchestrator(spec: str, model: str | None, device: str = "cpu",  # noqa: ANN201 (an Orchestrator)
-                      frames_as: str = "images"):
+                      frames_as: str = "images", token_pruning=None):  # noqa: ANN001
     if spec in TINY:
         from sage_fast.models.tiny import MEANINGLESS
         from sage_fast.models.transformers_backend import TransformersVLM
@@ -64,7 +82,7 @@ def make_orchestrator(spec: str, model: str | None, device: str = "cpu",  # noqa
         print(f"warning: {MEANINGLESS}", file=sys.stderr)
         with warnings.catch_warnings():  # said once, above
             warnings.simplefilter("ignore")
-            return TransformersVLM(tiny_model_folder(TINY[spec]), device=device)
+            return TransformersVLM(tiny_model_folder(TINY[spec]), device=device, token_pruning=token_pruning)
     if spec.startswith("gemini:"):
         from sage_fast.models.gemini import GeminiVLM
 
@@ -86,7 +104,7 @@ def make_orchestrator(spec: str, model: str | None, device: str = "cpu",  # noqa
     if Path(spec).is_dir() or spec.count("/") == 1:
         from sage_fast.models.transformers_backend import TransformersVLM
 
-        return TransformersVLM(spec, device=device)
+        return TransformersVLM(spec, device=device, token_pruning=token_pruning)
     raise ValueError(f"--orchestrator {spec!r}: give openai:URL, gemini:MODEL, a Hugging Face id (owner/name), "
                      "a local model folder, or tiny")
 
@@ -130,11 +148,12 @@ def run(args: argparse.Namespace) -> int:
 
     if not Path(args.video).is_file():
         raise ValueError(f"{args.video}: no such video file")
-    orchestrator = make_orchestrator(args.orchestrator, args.model, args.device, args.frames_as)
+    pruning = parse_pruning(args.prune)
+    orchestrator = make_orchestrator(args.orchestrator, args.model, args.device, args.frames_as, pruning)
     max_tokens = args.max_tokens or (64 if args.orchestrator in TINY else 2048)
     config = AgentConfig(num_frames=args.num_frames, frame_mode=args.frame_mode, max_stage2_steps=args.max_steps,
                          work_dir=args.work_dir,
-                         tool_cache_dir=args.tool_cache, sampling=SamplingConfig(max_tokens=max_tokens))
+                         tool_cache_dir=args.tool_cache, token_pruning=pruning, sampling=SamplingConfig(max_tokens=max_tokens))
     tool_vlm = make_orchestrator(args.tool_model, None, args.device) if args.tool_model else None
     tools = default_tools(orchestrator, tool_vlm, speech=make_speech(args.asr, args.device),
                           web=None if args.search == "none" else WebConfig(search_backend=args.search))

@@ -263,3 +263,15 @@ def test_skim_frames_are_keyframes_labelled_with_their_times(openai_stub, video:
     assert {label.removeprefix("Frame at ").rstrip(":") for label in labels} <= keyframes
     with pytest.raises(ValueError, match="frame_mode"):
         AgentConfig(frame_mode="fast")
+
+
+def test_ask_prune_option_is_parsed_and_checked() -> None:
+    from sage_fast.cli.ask import parse_pruning
+    from sage_fast.models.token_pruning import TokenPruningConfig
+
+    assert parse_pruning("keep_ratio=0.5") == TokenPruningConfig(keep_ratio=0.5)
+    assert parse_pruning("threshold=0.9") == TokenPruningConfig(threshold=0.9)
+    assert parse_pruning(None) is None
+    for bad in ("keep=2", "keep_ratio=1.5", "threshold"):
+        with pytest.raises(ValueError, match="--prune"):
+            parse_pruning(bad)

@@ -237,3 +237,18 @@ def test_replay_arrays_matches_replay(impl: str) -> None:
         Scheduler(config, impl=impl).replay_arrays({"code": np.zeros(2, np.int32), "a": np.zeros(1, np.int64),
                                                     "b": np.zeros(2, np.int64), "c": np.zeros(2, np.int64),
                                                     "time": np.zeros(2)})
+
+
+def test_fallback_is_chosen_without_the_compiled_scheduler(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sage_fast.rollout import scheduler as facade
+
+    monkeypatch.setattr(facade, "cpp_available", lambda: False)
+    assert facade.resolve_impl("auto") == "python"
+    assert Scheduler(SchedulerConfig()).impl == "python"
+    with pytest.raises(ImportError, match="without the rollout scheduler|failed to load"):
+        facade.resolve_impl("cpp")
+    monkeypatch.undo()
+    monkeypatch.setenv("SAGE_FAST_SCHEDULER", "python")
+    assert Scheduler(SchedulerConfig()).impl == "python"
+    with pytest.raises(ValueError, match="impl must be"):
+        facade.resolve_impl("rust")  # type: ignore[arg-type]

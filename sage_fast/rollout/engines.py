@@ -247,6 +247,72 @@ class TransformersEngine:
             self._queue = None
 
 
+class ContinuousTransformersEngine:
+    """transformers' own continuous batching (``model.init_continuous_batching``: paged KV cache,
+    requests join and leave the running batch at every decode step, as in vLLM) over a local
+    Qwen-VL loaded by :class:`~sage_fast.models.transformers_backend.TransformersVLM`. Text-only
+    turns go through it; a turn with frames (Stage-1) runs alone through the model's ``generate``,
+    since the paged path takes token ids only. One sampling mode per engine (``sampling``): the
+    manager's generation config is global; each request keeps its own ``max_tokens``."""
+
+    def __init__(self, model: str | Path | Any, *, device: str = "cpu", sampling: SamplingConfig | None = None,
+                 max_batch_tokens: int | None = None) -> None:
+        from transformers import GenerationConfig
+
+        from sage_fast.models.transformers_backend import TransformersVLM
+
+        self.vlm = model if isinstance(model, TransformersVLM) else TransformersVLM(model, device=device)
+        self.name = f"continuous-{self.vlm.name}"
+        self.sampling = sampling or SamplingConfig()
+        tok = self.vlm.tokenizer
+        s = self.sampling
+        config = GenerationConfig(max_new_tokens=s.max_tokens, do_sample=s.temperature > 0,
+                                  temperature=s.temperature if s.temperature > 0 else None,
+                                  top_p=s.top_p if s.temperature > 0 else None,
+                                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        if max_batch_tokens is not None:
+            config.max_batch_tokens = max_batch_tokens
+        self._manager = self.vlm.model.init_continuous_batching(generation_config=config)
+        self._manager.start()
+        self._lock = asyncio.Lock()
+
+    async def generate(self, request: GenerationRequest) -> Generation:
+        s = request.sampling
+        if (s.temperature, s.top_p) != (self.sampling.temperature, self.sampling.top_p):
+            raise ValueError(f"this engine samples with temperature={self.sampling.temperature}, "
+                             f"top_p={self.sampling.top_p}; got {s.temperature}, {s.top_p} (build one engine "
+                             "per sampling mode)")
+        started = time.perf_counter()
+        if request.frames is not None:
+            async with self._lock:  # the model is shared with the paged path's thread: one frame turn at a time
+                return await asyncio.to_thread(self.vlm.generate, request.messages, request.frames, s)
+        text, _ = self.vlm.prompt(request.messages, None)
+        ids = self.vlm.tokenizer(text).input_ids
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future = loop.create_future()
+        rid = uuid.uuid4().hex
+
+        def deliver(output: Any) -> None:
+            if output.is_finished() and not done.done():
+                done.set_result(output)
+
+        self._manager.register_result_handler(rid, deliver)
+        self._manager.add_request(ids, request_id=rid, max_new_tokens=s.max_tokens)
+        try:
+            output = await done
+        except asyncio.CancelledError:
+            self._manager.cancel_request(rid)
+            raise
+        if output.error:
+            raise EngineError(f"{self.name}: {output.error}")
+        tokens = list(output.generated_tokens)
+        return Generation(text=self.vlm.tokenizer.decode(tokens, skip_special_tokens=True), tokens_in=len(ids),
+                          tokens_out=len(tokens), seconds=time.perf_counter() - started)
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self._manager.stop, True)
+
+
 class VLLMEngine:
     """vLLM's in-process ``AsyncLLMEngine`` (needs ``pip install vllm`` and a GPU; not testable on
     the project's CPU machines, so this adapter is unexercised by the test-suite). Prompts are

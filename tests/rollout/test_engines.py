@@ -83,3 +83,27 @@ def test_transformers_engine_batches_and_matches_unbatched_greedy(tiny_model_dir
     assert [g.text for g in batched] == [g.text for g in single]
     assert [g.tokens_in for g in batched] == [g.tokens_in for g in single]
     assert all(1 <= g.tokens_out <= 6 for g in batched)
+
+
+def test_continuous_engine_matches_unbatched_greedy(tiny_model_dir) -> None:  # noqa: ANN001
+    from sage_fast.rollout.engines import ContinuousTransformersEngine
+
+    engine = ContinuousTransformersEngine(tiny_model_dir, sampling=SamplingConfig(max_tokens=6))
+    prompts = [f"question {i}: {'why ' * (i * 3)}?" for i in range(5)]
+    requests = [GenerationRequest(messages=[{"role": "user", "content": p}], sampling=SamplingConfig(max_tokens=6 - i % 2))
+                for i, p in enumerate(prompts)]
+
+    async def main():  # noqa: ANN202
+        try:
+            out = await asyncio.gather(*(engine.generate(r) for r in requests))
+            with pytest.raises(ValueError, match="temperature"):
+                await engine.generate(GenerationRequest(messages=requests[0].messages,
+                                                        sampling=SamplingConfig(temperature=0.7)))
+            return out
+        finally:
+            await engine.aclose()
+
+    continuous = asyncio.run(main())
+    single = [engine.vlm.generate(r.messages, None, r.sampling) for r in requests]
+    assert [g.text for g in continuous] == [g.text for g in single]
+    assert [(g.tokens_in, g.tokens_out) for g in continuous] == [(g.tokens_in, g.tokens_out) for g in single]

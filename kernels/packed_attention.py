@@ -66,17 +66,15 @@ if triton is not None:
             return x
 
     @triton.jit
-    def _fwd_step(acc, m_i, l_i, q, K, V, k_start, head_k, start_n, offs_m, offs_n, offs_d, d_ok, seqlen_k,
-                  shift, scale_log2, stride_kt, stride_kh, stride_vt, stride_vh, MASKED: tl.constexpr,
+    def _fwd_step(acc, m_i, l_i, q, Ks, Vs, start_n, offs_m, offs_n, offs_d, d_ok, seqlen_k,
+                  shift, scale_log2, stride_kt, stride_vt, MASKED: tl.constexpr,
                   CAUSAL: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
         """One key block of the online softmax: returns the updated (acc, row max, row sum)."""
         cols = start_n + offs_n
         col_ok = cols < seqlen_k
         kv_mask = col_ok[:, None] & d_ok[None, :]
-        k = tl.load(K + (k_start + cols)[:, None] * stride_kt + head_k * stride_kh + offs_d[None, :],
-                    mask=kv_mask, other=0.0)
-        v = tl.load(V + (k_start + cols)[:, None] * stride_vt + head_k * stride_vh + offs_d[None, :],
-                    mask=kv_mask, other=0.0)
+        k = tl.load(Ks + cols[:, None] * stride_kt + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(Vs + cols[:, None] * stride_vt + offs_d[None, :], mask=kv_mask, other=0.0)
         s = _mm(q, tl.trans(k), PRECISION, UPCAST) * scale_log2
         if MASKED:
             ok = col_ok[None, :]
@@ -104,21 +102,27 @@ if triton is not None:
         seg = tl.program_id(1)
         head = tl.program_id(2)
         head_k = head // GROUP
-        q_start = tl.load(CU_Q + seg).to(tl.int64)
-        seqlen_q = tl.load(CU_Q + seg + 1).to(tl.int64) - q_start
-        k_start = tl.load(CU_K + seg).to(tl.int64)
-        seqlen_k = tl.load(CU_K + seg + 1).to(tl.int64) - k_start
+        q_start = tl.load(CU_Q + seg)
+        seqlen_q = tl.load(CU_Q + seg + 1) - q_start
+        k_start = tl.load(CU_K + seg)
+        seqlen_k = tl.load(CU_K + seg + 1) - k_start
         start_m = pid_m * BLOCK_M
         if start_m >= seqlen_q:
             return
+        # Segment base pointers hold the only 64-bit arithmetic: tile offsets stay int32, since 2-D
+        # tiles of 64-bit offsets cost registers the matmuls need (ptxas showed spills).
+        Qs = Q + q_start.to(tl.int64) * stride_qt + head * stride_qh
+        Ks = K + k_start.to(tl.int64) * stride_kt + head_k * stride_kh
+        Vs = V + k_start.to(tl.int64) * stride_vt + head_k * stride_vh
+        Ls = LSE + head.to(tl.int64) * stride_lh + q_start
 
         offs_m = start_m + tl.arange(0, BLOCK_M)
         offs_n = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, BLOCK_D)
         row_ok = offs_m < seqlen_q
         d_ok = offs_d < HEAD_DIM
-        q = tl.load(Q + (q_start + offs_m)[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
-                    mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        q = tl.load(Qs + offs_m[:, None] * stride_qt + offs_d[None, :], mask=row_ok[:, None] & d_ok[None, :],
+                    other=0.0)
         shift = seqlen_k - seqlen_q  # bottom-right alignment: row i sees keys j <= i + shift
         if CAUSAL:  # the block's first row sees keys < start_m + shift + 1, its last < start_m + BLOCK_M + shift
             full_end = (tl.maximum(tl.minimum(seqlen_k, start_m + shift + 1), 0) // BLOCK_N) * BLOCK_N
@@ -133,20 +137,19 @@ if triton is not None:
         # Key blocks every row of this block may fully see need no mask; the rest (the diagonal and
         # the segment's ragged end) do. Same results, fewer instructions in the long loop.
         for start_n in range(0, full_end, BLOCK_N):
-            acc, m_i, l_i = _fwd_step(acc, m_i, l_i, q, K, V, k_start, head_k, start_n, offs_m, offs_n, offs_d,
-                                      d_ok, seqlen_k, shift, scale_log2, stride_kt, stride_kh, stride_vt,
-                                      stride_vh, False, CAUSAL, PRECISION, UPCAST)
+            acc, m_i, l_i = _fwd_step(acc, m_i, l_i, q, Ks, Vs, start_n, offs_m, offs_n, offs_d, d_ok, seqlen_k,
+                                      shift, scale_log2, stride_kt, stride_vt, False, CAUSAL, PRECISION, UPCAST)
         for start_n in range(full_end, end_n, BLOCK_N):
-            acc, m_i, l_i = _fwd_step(acc, m_i, l_i, q, K, V, k_start, head_k, start_n, offs_m, offs_n, offs_d,
-                                      d_ok, seqlen_k, shift, scale_log2, stride_kt, stride_kh, stride_vt,
-                                      stride_vh, True, CAUSAL, PRECISION, UPCAST)
+            acc, m_i, l_i = _fwd_step(acc, m_i, l_i, q, Ks, Vs, start_n, offs_m, offs_n, offs_d, d_ok, seqlen_k,
+                                      shift, scale_log2, stride_kt, stride_vt, True, CAUSAL, PRECISION, UPCAST)
 
         empty = l_i == 0.0  # rows that saw no key: output 0, lse +inf (so backward's p is 0)
         acc = acc / tl.where(empty, 1.0, l_i)[:, None]
         lse = tl.where(empty, float("inf"), m_i + tl.log2(tl.where(empty, 1.0, l_i)))
-        tl.store(Out + (q_start + offs_m)[:, None] * stride_ot + head * stride_oh + offs_d[None, :],
+        Os = Out + q_start.to(tl.int64) * stride_ot + head * stride_oh
+        tl.store(Os + offs_m[:, None] * stride_ot + offs_d[None, :],
                  _rne(acc, UPCAST).to(Out.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
-        tl.store(LSE + head * stride_lh + q_start + offs_m, lse, mask=row_ok)
+        tl.store(Ls + offs_m, lse, mask=row_ok)
 
     @triton.jit
     def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU_Q, CU_K, scale_log2, scale,
@@ -159,13 +162,15 @@ if triton is not None:
         pid_n = tl.program_id(0)
         seg = tl.program_id(1)
         head_k = tl.program_id(2)
-        q_start = tl.load(CU_Q + seg).to(tl.int64)
-        seqlen_q = tl.load(CU_Q + seg + 1).to(tl.int64) - q_start
-        k_start = tl.load(CU_K + seg).to(tl.int64)
-        seqlen_k = tl.load(CU_K + seg + 1).to(tl.int64) - k_start
+        q_start = tl.load(CU_Q + seg)
+        seqlen_q = tl.load(CU_Q + seg + 1) - q_start
+        k_start = tl.load(CU_K + seg)
+        seqlen_k = tl.load(CU_K + seg + 1) - k_start
         start_n = pid_n * BLOCK_N
         if start_n >= seqlen_k:
             return
+        Ks = K + k_start.to(tl.int64) * stride_kt + head_k * stride_kh  # int32 tile offsets: see _fwd_kernel
+        Vs = V + k_start.to(tl.int64) * stride_vt + head_k * stride_vh
 
         offs_n = start_n + tl.arange(0, BLOCK_N)
         offs_m0 = tl.arange(0, BLOCK_M)
@@ -173,10 +178,8 @@ if triton is not None:
         col_ok = offs_n < seqlen_k
         d_ok = offs_d < HEAD_DIM
         kv_mask = col_ok[:, None] & d_ok[None, :]
-        k = tl.load(K + (k_start + offs_n)[:, None] * stride_kt + head_k * stride_kh + offs_d[None, :],
-                    mask=kv_mask, other=0.0)
-        v = tl.load(V + (k_start + offs_n)[:, None] * stride_vt + head_k * stride_vh + offs_d[None, :],
-                    mask=kv_mask, other=0.0)
+        k = tl.load(Ks + offs_n[:, None] * stride_kt + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(Vs + offs_n[:, None] * stride_vt + offs_d[None, :], mask=kv_mask, other=0.0)
         dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
         dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
         shift = seqlen_k - seqlen_q
@@ -186,16 +189,18 @@ if triton is not None:
             lo = 0
         for g in range(GROUP):  # every query head that reads this KV head (GQA)
             head = head_k * GROUP + g
+            Qs = Q + q_start.to(tl.int64) * stride_qt + head * stride_qh
+            DOs = DO + q_start.to(tl.int64) * stride_dot + head * stride_doh
+            Ls = LSE + head.to(tl.int64) * stride_lh + q_start
+            Ds = DELTA + head.to(tl.int64) * stride_lh + q_start
             for start_m in range(lo, seqlen_q, BLOCK_M):
                 offs_m = start_m + offs_m0
                 row_ok = offs_m < seqlen_q
                 q_mask = row_ok[:, None] & d_ok[None, :]
-                q = tl.load(Q + (q_start + offs_m)[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
-                            mask=q_mask, other=0.0)
-                do = tl.load(DO + (q_start + offs_m)[:, None] * stride_dot + head * stride_doh
-                             + offs_d[None, :], mask=q_mask, other=0.0)
-                lse = tl.load(LSE + head * stride_lh + q_start + offs_m, mask=row_ok, other=0.0)
-                delta = tl.load(DELTA + head * stride_lh + q_start + offs_m, mask=row_ok, other=0.0)
+                q = tl.load(Qs + offs_m[:, None] * stride_qt + offs_d[None, :], mask=q_mask, other=0.0)
+                do = tl.load(DOs + offs_m[:, None] * stride_dot + offs_d[None, :], mask=q_mask, other=0.0)
+                lse = tl.load(Ls + offs_m, mask=row_ok, other=0.0)
+                delta = tl.load(Ds + offs_m, mask=row_ok, other=0.0)
                 # Transposed scores (keys x queries), so dk and dv come out without a transpose.
                 s_t = _mm(k, tl.trans(q), PRECISION, UPCAST) * scale_log2
                 ok = row_ok[None, :] & col_ok[:, None]
@@ -206,24 +211,24 @@ if triton is not None:
                 dp_t = _mm(v, tl.trans(do), PRECISION, UPCAST)
                 ds_t = p_t * (dp_t - delta[None, :])
                 dk += _mm(_rne(ds_t, UPCAST).to(q.dtype), q, PRECISION, UPCAST)
-        tl.store(DK + (k_start + offs_n)[:, None] * stride_dkt + head_k * stride_dkh + offs_d[None, :],
+        DKs = DK + k_start.to(tl.int64) * stride_dkt + head_k * stride_dkh
+        DVs = DV + k_start.to(tl.int64) * stride_dvt + head_k * stride_dvh
+        tl.store(DKs + offs_n[:, None] * stride_dkt + offs_d[None, :],
                  _rne(dk * scale, UPCAST).to(DK.dtype.element_ty), mask=kv_mask)
-        tl.store(DV + (k_start + offs_n)[:, None] * stride_dvt + head_k * stride_dvh + offs_d[None, :],
+        tl.store(DVs + offs_n[:, None] * stride_dvt + offs_d[None, :],
                  _rne(dv, UPCAST).to(DV.dtype.element_ty), mask=kv_mask)
 
     @triton.jit
-    def _dq_step(dq, q, do, lse, delta, K, V, k_start, head_k, start_n, offs_m, offs_n, offs_d, row_ok, d_ok,
-                 seqlen_k, shift, scale_log2, stride_kt, stride_kh, stride_vt, stride_vh, MASKED: tl.constexpr,
+    def _dq_step(dq, q, do, lse, delta, Ks, Vs, start_n, offs_m, offs_n, offs_d, row_ok, d_ok,
+                 seqlen_k, shift, scale_log2, stride_kt, stride_vt, MASKED: tl.constexpr,
                  CAUSAL: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
         """One key block of dq = scale * sum_j P_ij (dP_ij - delta_i) k_j. Unmasked blocks need no
         row mask either: rows past the segment have q = dO = delta = 0, so their dS is 0."""
         cols = start_n + offs_n
         col_ok = cols < seqlen_k
         kv_mask = col_ok[:, None] & d_ok[None, :]
-        k = tl.load(K + (k_start + cols)[:, None] * stride_kt + head_k * stride_kh + offs_d[None, :],
-                    mask=kv_mask, other=0.0)
-        v = tl.load(V + (k_start + cols)[:, None] * stride_vt + head_k * stride_vh + offs_d[None, :],
-                    mask=kv_mask, other=0.0)
+        k = tl.load(Ks + cols[:, None] * stride_kt + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(Vs + cols[:, None] * stride_vt + offs_d[None, :], mask=kv_mask, other=0.0)
         s = _mm(q, tl.trans(k), PRECISION, UPCAST) * scale_log2
         p = tl.exp2(s - lse[:, None])
         if MASKED:
@@ -246,13 +251,19 @@ if triton is not None:
         seg = tl.program_id(1)
         head = tl.program_id(2)
         head_k = head // GROUP
-        q_start = tl.load(CU_Q + seg).to(tl.int64)
-        seqlen_q = tl.load(CU_Q + seg + 1).to(tl.int64) - q_start
-        k_start = tl.load(CU_K + seg).to(tl.int64)
-        seqlen_k = tl.load(CU_K + seg + 1).to(tl.int64) - k_start
+        q_start = tl.load(CU_Q + seg)
+        seqlen_q = tl.load(CU_Q + seg + 1) - q_start
+        k_start = tl.load(CU_K + seg)
+        seqlen_k = tl.load(CU_K + seg + 1) - k_start
         start_m = pid_m * BLOCK_M
         if start_m >= seqlen_q:
             return
+        # Segment base pointers hold the only 64-bit arithmetic: tile offsets stay int32, since 2-D
+        # tiles of 64-bit offsets cost registers the matmuls need (ptxas showed spills).
+        Qs = Q + q_start.to(tl.int64) * stride_qt + head * stride_qh
+        Ks = K + k_start.to(tl.int64) * stride_kt + head_k * stride_kh
+        Vs = V + k_start.to(tl.int64) * stride_vt + head_k * stride_vh
+        Ls = LSE + head.to(tl.int64) * stride_lh + q_start
 
         offs_m = start_m + tl.arange(0, BLOCK_M)
         offs_n = tl.arange(0, BLOCK_N)
@@ -260,12 +271,12 @@ if triton is not None:
         row_ok = offs_m < seqlen_q
         d_ok = offs_d < HEAD_DIM
         q_mask = row_ok[:, None] & d_ok[None, :]
-        q = tl.load(Q + (q_start + offs_m)[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
-                    mask=q_mask, other=0.0)
-        do = tl.load(DO + (q_start + offs_m)[:, None] * stride_dot + head * stride_doh + offs_d[None, :],
-                     mask=q_mask, other=0.0)
-        lse = tl.load(LSE + head * stride_lh + q_start + offs_m, mask=row_ok, other=0.0)
-        delta = tl.load(DELTA + head * stride_lh + q_start + offs_m, mask=row_ok, other=0.0)
+        DOs = DO + q_start.to(tl.int64) * stride_dot + head * stride_doh
+        Ds = DELTA + head.to(tl.int64) * stride_lh + q_start
+        q = tl.load(Qs + offs_m[:, None] * stride_qt + offs_d[None, :], mask=q_mask, other=0.0)
+        do = tl.load(DOs + offs_m[:, None] * stride_dot + offs_d[None, :], mask=q_mask, other=0.0)
+        lse = tl.load(Ls + offs_m, mask=row_ok, other=0.0)
+        delta = tl.load(Ds + offs_m, mask=row_ok, other=0.0)
         shift = seqlen_k - seqlen_q
         if CAUSAL:  # as in the forward: unmasked key blocks first, then the diagonal ones
             full_end = (tl.maximum(tl.minimum(seqlen_k, start_m + shift + 1), 0) // BLOCK_N) * BLOCK_N
@@ -275,47 +286,49 @@ if triton is not None:
             end_n = seqlen_k
         dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
         for start_n in range(0, full_end, BLOCK_N):
-            dq = _dq_step(dq, q, do, lse, delta, K, V, k_start, head_k, start_n, offs_m, offs_n, offs_d, row_ok,
-                          d_ok, seqlen_k, shift, scale_log2, stride_kt, stride_kh, stride_vt, stride_vh,
-                          False, CAUSAL, PRECISION, UPCAST)
+            dq = _dq_step(dq, q, do, lse, delta, Ks, Vs, start_n, offs_m, offs_n, offs_d, row_ok, d_ok, seqlen_k,
+                          shift, scale_log2, stride_kt, stride_vt, False, CAUSAL, PRECISION, UPCAST)
         for start_n in range(full_end, end_n, BLOCK_N):
-            dq = _dq_step(dq, q, do, lse, delta, K, V, k_start, head_k, start_n, offs_m, offs_n, offs_d, row_ok,
-                          d_ok, seqlen_k, shift, scale_log2, stride_kt, stride_kh, stride_vt, stride_vh,
-                          True, CAUSAL, PRECISION, UPCAST)
-        tl.store(DQ + (q_start + offs_m)[:, None] * stride_dqt + head * stride_dqh + offs_d[None, :],
+            dq = _dq_step(dq, q, do, lse, delta, Ks, Vs, start_n, offs_m, offs_n, offs_d, row_ok, d_ok, seqlen_k,
+                          shift, scale_log2, stride_kt, stride_vt, True, CAUSAL, PRECISION, UPCAST)
+        DQs = DQ + q_start.to(tl.int64) * stride_dqt + head * stride_dqh
+        tl.store(DQs + offs_m[:, None] * stride_dqt + offs_d[None, :],
                  _rne(dq * scale, UPCAST).to(DQ.dtype.element_ty), mask=q_mask)
 
 
 # ---- launcher --------------------------------------------------------------------------------------
 
 def _blocks(head_dim: int, dtype: torch.dtype, on_gpu: bool) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for the forward; the backward uses its own below.
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for the forward; the backward's are below.
 
     Why fixed choices and no autotuning: the grid depends on BLOCK_M and segment layouts change
-    every step, so a per-shape autotune would retune constantly; these follow flash-attn's Triton
-    port (128x64 for head_dim <= 64, 128x32 above, smaller for fp32, whose tiles are twice the bytes).
+    every step, so a per-shape autotune would retune constantly. The GPU choices are the largest
+    tiles that ptxas (sm_90a) compiles without register spills; they are not timed yet (no GPU was
+    available when they were chosen). fp32 (the tests' dtype; no tensor cores) uses small tiles.
     In the interpreter small blocks keep tests fast and make short segments straddle blocks.
     """
     if not on_gpu:
         return 16, 16, 1, 1
     if dtype == torch.float32:
-        return 64, 32, 4, 2
+        return 32, 32, 4, 2
     if head_dim <= 64:
-        return 128, 64, 4, 3
+        return 128, 64, 8, 3
     return 128, 32, 8, 3
 
 
 def _bwd_blocks(head_dim: int, dtype: torch.dtype, on_gpu: bool) -> tuple[tuple[int, int], tuple[int, int], int, int]:
     """((BLOCK_M, BLOCK_N) of dk/dv, (BLOCK_M, BLOCK_N) of dq, num_warps, num_stages).
 
-    dk/dv keeps a wide key block in registers and streams narrow query blocks past it, dq the other
-    way round (the Triton fused-attention tutorial's shapes); fp32 tiles are twice the bytes.
+    dk/dv keeps its key block (BLOCK_N) in registers and streams query blocks (BLOCK_M) past it,
+    dq the other way round; spill-free on sm_90a like the forward's (see ``_blocks``).
     """
     if not on_gpu:
         return (16, 16), (16, 16), 1, 1
     if dtype == torch.float32:
-        return (16, 64), (64, 16), 4, 2
-    return (32, 128), (128, 32), 4, 3
+        return (32, 32), (32, 32), 4, 2
+    if head_dim <= 64:
+        return (64, 128), (128, 64), 8, 3
+    return (64, 64), (64, 64), 8, 3
 
 
 def _check_args(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,

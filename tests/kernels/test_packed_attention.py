@@ -8,7 +8,11 @@ shapes are small; blocks are 16x16 there, so lengths 15/16/17/33 straddle block 
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -165,6 +169,59 @@ def test_argument_checks_name_the_tensor(change, message: str) -> None:  # noqa:
                 max_seqlen_q=17, max_seqlen_k=17)
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("+", r"\+")):
         pa.varlen_attention(**change(args))
+
+
+# Compiles the three kernels exactly as the launcher would for an H100 (sm_90a), without a GPU and
+# outside the interpreter, then asks ptxas for register spills. It catches what the interpreter
+# cannot: code that does not compile for the GPU, and tile shapes that spill (slow).
+COMPILE_SCRIPT = r"""
+import json, os, re, subprocess, sys, tempfile
+os.environ.pop("TRITON_INTERPRET", None)
+import torch, triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from sage_fast.kernels import packed_attention as pa
+
+ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas-blackwell")
+results = []
+for head_dim in (64, 80, 128):
+    fwd = pa._blocks(head_dim, torch.bfloat16, True)
+    kv, dq, warps, stages = pa._bwd_blocks(head_dim, torch.bfloat16, True)
+    for name, (bm, bn), w, s in (("_fwd_kernel", fwd[:2], fwd[2], fwd[3]), ("_bwd_dkdv_kernel", kv, warps, stages),
+                                 ("_bwd_dq_kernel", dq, warps, stages)):
+        fn = getattr(pa, name)
+        consts = dict(GROUP=4, HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)), BLOCK_M=bm,
+                      BLOCK_N=bn, CAUSAL=True, PRECISION="tf32", UPCAST=False)
+        types = {n: "*bf16" for n in ("Q", "K", "V", "Out", "DO", "DK", "DV", "DQ")}
+        types.update(LSE="*fp32", DELTA="*fp32", CU_Q="*i32", CU_K="*i32", scale_log2="fp32", scale="fp32")
+        signature = {n: "constexpr" if n in consts else types.get(n, "i32") for n in fn.arg_names}
+        src = ASTSource(fn=fn, signature=signature,
+                        constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
+        kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": w, "num_stages": s})
+        with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+            f.write(kernel.asm["ptx"])
+        log = subprocess.run([ptxas, "-v", "--gpu-name", "sm_90a", f.name, "-o", os.devnull],
+                             capture_output=True, text=True, check=True).stderr
+        os.unlink(f.name)
+        spill = re.search(r"(\d+) bytes spill stores", log)
+        results.append(dict(kernel=name, head_dim=head_dim, spill=int(spill.group(1)) if spill else None))
+print(json.dumps(results))
+"""
+
+
+def test_gpu_path_compiles_for_sm90_without_spills() -> None:
+    triton = pytest.importorskip("triton")
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas-blackwell")
+    if not os.path.exists(ptxas):
+        pytest.skip("this Triton build ships no ptxas-blackwell to compile sm_90a code with")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(results) == 9
+    spilling = [r for r in results if r["spill"] != 0]
+    assert not spilling, f"register spills (or no ptxas report) on sm_90a: {spilling}"
 
 
 @pytest.mark.gpu

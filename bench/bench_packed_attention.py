@@ -60,11 +60,13 @@ class Case:
         rng = random.Random(self.seed)
         lengths = [rng.randint(*self.long)]
         target = rng.randint(*self.total)
-        while True:
-            n = rng.randint(*self.short)
-            if sum(lengths) + n > target:
-                break
-            lengths.append(n)
+        while sum(lengths) + self.short[1] <= target:
+            lengths.append(rng.randint(*self.short))
+        rest = target - sum(lengths)  # < short[1]: one more sample, or folded into the last one
+        if rest >= self.short[0]:
+            lengths.append(rest)
+        else:
+            lengths[-1] += rest
         rng.shuffle(lengths)
         return lengths
 

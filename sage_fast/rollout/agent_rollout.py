@@ -28,6 +28,7 @@ from sage_fast.rollout.engines import BusyMeter, Engine, GenerationRequest
 from sage_fast.rollout.episodes import estimate_tokens
 from sage_fast.rollout.scheduler import Impl, Scheduler
 from sage_fast.rollout.types import DecisionKind, EpisodeState, FinishReason, SchedulerConfig, TurnAction
+from sage_fast.tools.registry import ToolRegistry
 
 _EPISODE: contextvars.ContextVar[int | None] = contextvars.ContextVar("sage_rollout_episode", default=None)
 
@@ -80,7 +81,8 @@ class AgentRolloutResult:
 
 class _AgentDriver:
     def __init__(self, agent: Any, groups: Sequence[Sequence[dict[str, Any]]], engine: Engine,
-                 config: SchedulerConfig, impl: Impl, on_group: Callable[[int, list[Trajectory]], Any] | None) -> None:
+                 config: SchedulerConfig, impl: Impl, on_group: Callable[[int, list[Trajectory]], Any] | None,
+                 tool_workers: int) -> None:
         self.loop = asyncio.get_running_loop()
         self.meter = engine if isinstance(engine, BusyMeter) else BusyMeter(engine)
         self.config = config
@@ -95,8 +97,13 @@ class _AgentDriver:
         self.completed: list[int] = []
         self.on_group = on_group
         self.turns = 0
-        self.agent = copy.copy(agent)  # the caller's agent keeps its own orchestrator
+        self.agent = copy.copy(agent)  # the caller's agent keeps its own orchestrator and registry
         self.agent.orchestrator = ScheduledOrchestrator(self.meter, self)
+        # The same tools and cache, with enough worker threads for every episode's tool at once
+        # (an agent's registry is sized for one user's few episodes).
+        self.registry = ToolRegistry(list(agent.registry.tools.values()), max_workers=tool_workers,
+                                     cache=agent.registry.cache)
+        self.agent.registry = self.registry
         self.t0 = time.perf_counter()
         self.all_done = asyncio.Event()
 
@@ -182,11 +189,15 @@ class _AgentDriver:
 
 async def run_agent_rollout(agent: Any, groups: Sequence[Sequence[dict[str, Any]]], engine: Engine,
                             config: SchedulerConfig, *, impl: Impl = "auto",
-                            on_group: Callable[[int, list[Trajectory]], Any] | None = None) -> AgentRolloutResult:
+                            on_group: Callable[[int, list[Trajectory]], Any] | None = None,
+                            tool_workers: int = 64) -> AgentRolloutResult:
     """Runs SAGE episodes (``{"video", "question", "metadata"?}`` items, in GRPO groups) with
     ``agent``'s loop and tools, every turn on ``engine`` as the scheduler admits it.
     ``on_group(group, trajectories)`` sees each group as it completes. The turn cap is the agent's
-    (``AgentConfig.max_stage2_steps``); ``config.max_turns`` is not used."""
+    (``AgentConfig.max_stage2_steps``); ``config.max_turns`` is not used. Tools run in a registry
+    of ``tool_workers`` threads holding the agent's tools and cache."""
+    if tool_workers < 1:
+        raise ValueError(f"tool_workers must be >= 1, got {tool_workers}")
     if not groups or any(not g for g in groups):
         raise ValueError("groups must be a non-empty list of non-empty lists of {'video', 'question'} items")
     if config.tool_timeout > 0:
@@ -195,8 +206,11 @@ async def run_agent_rollout(agent: Any, groups: Sequence[Sequence[dict[str, Any]
     # The agent's own cap (Stage-1 + max_stage2_steps) ends its episodes, after the last turn's
     # tool, as the loop defines; the core's cap is set above it so it never cuts that tool short.
     config = dataclasses.replace(config, max_turns=2 + agent.config.max_stage2_steps)
-    driver = _AgentDriver(agent, groups, engine, config, impl, on_group)
-    await driver.run()
+    driver = _AgentDriver(agent, groups, engine, config, impl, on_group, tool_workers)
+    try:
+        await driver.run()
+    finally:
+        driver.registry.close()
     trajectories, reasons, k = [], [], 0
     for size in driver.sizes:
         trajectories.append([t if t is not None else driver._error(k + i, "not run") for i, t in

@@ -256,8 +256,11 @@ class ContinuousTransformersEngine:
     manager's generation config is global; each request keeps its own ``max_tokens``."""
 
     def __init__(self, model: str | Path | Any, *, device: str = "cpu", sampling: SamplingConfig | None = None,
-                 max_batch_tokens: int | None = None) -> None:
+                 kv_tokens: int = 65_536, max_batch_tokens: int = 2048, max_requests: int = 64) -> None:
+        """``kv_tokens`` sizes the paged KV cache; the sizes are explicit because transformers infers
+        them from free memory, which on a CPU host means most of the machine's RAM."""
         from transformers import GenerationConfig
+        from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
         from sage_fast.models.transformers_backend import TransformersVLM
 
@@ -270,9 +273,14 @@ class ContinuousTransformersEngine:
                                   temperature=s.temperature if s.temperature > 0 else None,
                                   top_p=s.top_p if s.temperature > 0 else None,
                                   eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-        if max_batch_tokens is not None:
-            config.max_batch_tokens = max_batch_tokens
-        self._manager = self.vlm.model.init_continuous_batching(generation_config=config)
+        if min(kv_tokens, max_batch_tokens, max_requests) < 1:
+            raise ValueError(f"kv_tokens, max_batch_tokens and max_requests must be >= 1, got {kv_tokens}, "
+                             f"{max_batch_tokens}, {max_requests}")
+        page = 256
+        batching = ContinuousBatchingConfig(page_size=page, num_blocks=max(1, -(-kv_tokens // page)),
+                                            max_batch_tokens=max_batch_tokens, max_requests_per_batch=max_requests)
+        self._manager = self.vlm.model.init_continuous_batching(generation_config=config,
+                                                                continuous_batching_config=batching)
         self._manager.start()
         self._lock = asyncio.Lock()
 

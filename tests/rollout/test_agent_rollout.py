@@ -80,6 +80,8 @@ def test_agent_episodes_run_under_the_scheduler(faulty_openai, video: Path, tmp_
     stage1 = [r for r in faulty_openai.requests if isinstance(r["messages"][1]["content"], list)]
     assert len(stage1) == 3 + 1  # three Stage-1 turns, one of them retried after the 502
     assert agent.orchestrator.name.startswith("openai:")  # the caller's agent is untouched
+    assert agent.registry.tools.keys() == {"extract_parts_from_timestamp", "identify_timestamps_visually",
+                                           "perform_reasoning"}
 
 
 def test_agent_rollout_checks_its_config(faulty_openai, tmp_path: Path) -> None:  # noqa: ANN001

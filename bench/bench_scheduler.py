@@ -207,20 +207,26 @@ def test_real_tiny_cpu(benchmark, say: Callable[[str], None], tmp_path, tool_med
 
         warm = GenerationRequest(messages=[{"role": "user", "content": "warm-up"}], sampling=SamplingConfig(max_tokens=32))
         await asyncio.gather(*(engine.generate(warm) for _ in range(16)))  # neither schedule pays first-call costs
-        groups, registry = _real_groups(tmp_path, scripts, 8, 32)
-        b = await run_lockstep(groups, engine, config)
-        registry.close()
-        groups, registry = _real_groups(tmp_path, scripts, 8, 32)
-        a = await run_rollout(groups, engine, config)
-        registry.close()
+        rounds = []
+        for _ in range(2):  # the first round warms shape-dependent kernels for both; the second is reported
+            groups, registry = _real_groups(tmp_path, scripts, 8, 32)
+            b = await run_lockstep(groups, engine, config)
+            registry.close()
+            groups, registry = _real_groups(tmp_path, scripts, 8, 32)
+            a = await run_rollout(groups, engine, config)
+            registry.close()
+            rounds.append((a, b))
         await engine.aclose()
-        return a, b
+        return rounds
 
-    a, b = benchmark.pedantic(lambda: asyncio.run(both()), rounds=1, iterations=1)
-    assert a.reasons == b.reasons and a.turns == b.turns and a.tool_calls == b.tool_calls
-    say(f"\nREAL tiny CPU, {engine_kind} engine, tools median {tool_median_s} s p99 {tool_p99_s} s, 32 episodes, {a.turns} turns, {a.tool_calls} tool calls "
-        f"({a.tool_timeouts} cut): async {a.episodes_per_s:.3f} eps/s (busy {a.engine_busy:.3f}, "
-        f"{a.seconds:.1f} s), lock-step {b.episodes_per_s:.3f} eps/s (busy {b.engine_busy:.3f}, "
-        f"{b.seconds:.1f} s): {a.episodes_per_s / b.episodes_per_s:.2f}x")
+    rounds = benchmark.pedantic(lambda: asyncio.run(both()), rounds=1, iterations=1)
+    for k, (a, b) in enumerate(rounds):
+        assert a.reasons == b.reasons and a.turns == b.turns and a.tool_calls == b.tool_calls
+        say(f"\nREAL tiny CPU round {k}, {engine_kind} engine, tools median {tool_median_s} s p99 {tool_p99_s} s, "
+            f"32 episodes, {a.turns} turns, {a.tool_calls} tool calls ({a.tool_timeouts} cut): async "
+            f"{a.episodes_per_s:.3f} eps/s (busy {a.engine_busy:.3f}, {a.seconds:.1f} s), lock-step "
+            f"{b.episodes_per_s:.3f} eps/s (busy {b.engine_busy:.3f}, {b.seconds:.1f} s): "
+            f"{a.episodes_per_s / b.episodes_per_s:.2f}x")
+    a, b = rounds[-1]
     benchmark.extra_info.update(async_eps=a.episodes_per_s, lock_eps=b.episodes_per_s, async_busy=a.engine_busy,
                                 lock_busy=b.engine_busy)

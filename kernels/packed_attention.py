@@ -15,6 +15,7 @@ API and conventions are flash-attn's ``flash_attn_varlen_func``:
 Kernels (Liger-Kernel layout: kernels, launcher, ``torch.autograd.Function``, public function):
 - ``_fwd_kernel``: one program per (query block, segment, head); online softmax in base 2 over the
   key blocks the mask allows, stores the output and the log-sum-exp (log2 units, fp32) of each row;
+- ``_bwd_delta_kernel``: rowsum(O * dO) per (token, head), the softmax backward's row term;
 - ``_bwd_dkdv_kernel``: one program per (key block, segment, KV head); loops over the query heads of
   its GQA group and the query blocks that can see the key block, so dk/dv need no atomics;
 - ``_bwd_dq_kernel``: one program per (query block, segment, head), recomputing the probabilities
@@ -150,6 +151,21 @@ if triton is not None:
         tl.store(Os + offs_m[:, None] * stride_ot + offs_d[None, :],
                  _rne(acc, UPCAST).to(Out.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
         tl.store(Ls + offs_m, lse, mask=row_ok)
+
+    @triton.jit
+    def _bwd_delta_kernel(Out, DO, DELTA, total, stride_ot, stride_oh, stride_dot, stride_doh, stride_lh,
+                          HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr):
+        """delta[h, t] = sum_d O[t, h, d] * dO[t, h, d] in fp32: the softmax backward's row term
+        (= sum_j P_tj dP_tj), read once from O and dO instead of recomputing P @ dP."""
+        rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+        head = tl.program_id(1)
+        offs_d = tl.arange(0, BLOCK_D)
+        mask = (rows < total)[:, None] & (offs_d < HEAD_DIM)[None, :]
+        rows64 = rows.to(tl.int64)
+        o = tl.load(Out + rows64[:, None] * stride_ot + head * stride_oh + offs_d[None, :], mask=mask, other=0.0)
+        do = tl.load(DO + rows64[:, None] * stride_dot + head * stride_doh + offs_d[None, :], mask=mask, other=0.0)
+        delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
+        tl.store(DELTA + head.to(tl.int64) * stride_lh + rows, delta, mask=rows < total)
 
     @triton.jit
     def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU_Q, CU_K, scale_log2, scale,
@@ -428,8 +444,14 @@ def _backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     if blocks is not None:
         kv_blocks = q_blocks = blocks
     do = do.contiguous() if do.stride(-1) != 1 else do
-    # delta_i = sum_d dO_id * O_id = sum_j P_ij dP_ij, the softmax backward's row term (fp32).
-    delta = (out.float() * do.float()).sum(-1).transpose(0, 1).contiguous()  # (nheads, total_q)
+    delta = torch.empty((nheads, total_q), dtype=torch.float32, device=q.device)  # see _bwd_delta_kernel
+    if total_q > 0:
+        block_t = 16 if not on_gpu else 64
+        _bwd_delta_kernel[(triton.cdiv(total_q, block_t), nheads)](
+            out, do, delta, total_q, out.stride(0), out.stride(1), do.stride(0), do.stride(1), delta.stride(0),
+            HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)), BLOCK_T=block_t,
+            num_warps=4 if on_gpu else 1,
+        )
     dq = torch.zeros_like(q)
     dk = torch.zeros_like(k)
     dv = torch.zeros_like(v)

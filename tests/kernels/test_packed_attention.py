@@ -171,7 +171,7 @@ def test_argument_checks_name_the_tensor(change, message: str) -> None:  # noqa:
         pa.varlen_attention(**change(args))
 
 
-# Compiles the three kernels exactly as the launcher would for an H100 (sm_90a), without a GPU and
+# Compiles the four kernels exactly as the launcher would for an H100 (sm_90a), without a GPU and
 # outside the interpreter, then asks ptxas for register spills. It catches what the interpreter
 # cannot: code that does not compile for the GPU, and tile shapes that spill (slow).
 COMPILE_SCRIPT = r"""
@@ -188,10 +188,12 @@ for head_dim in (64, 80, 128):
     fwd = pa._blocks(head_dim, torch.bfloat16, True)
     kv, dq, warps, stages = pa._bwd_blocks(head_dim, torch.bfloat16, True)
     for name, (bm, bn), w, s in (("_fwd_kernel", fwd[:2], fwd[2], fwd[3]), ("_bwd_dkdv_kernel", kv, warps, stages),
-                                 ("_bwd_dq_kernel", dq, warps, stages)):
+                                 ("_bwd_dq_kernel", dq, warps, stages), ("_bwd_delta_kernel", (0, 0), 4, 1)):
         fn = getattr(pa, name)
         consts = dict(GROUP=4, HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)), BLOCK_M=bm,
                       BLOCK_N=bn, CAUSAL=True, PRECISION="tf32", UPCAST=False)
+        if name == "_bwd_delta_kernel":
+            consts = dict(HEAD_DIM=head_dim, BLOCK_D=consts["BLOCK_D"], BLOCK_T=64)
         types = {n: "*bf16" for n in ("Q", "K", "V", "Out", "DO", "DK", "DV", "DQ")}
         types.update(LSE="*fp32", DELTA="*fp32", CU_Q="*i32", CU_K="*i32", scale_log2="fp32", scale="fp32")
         signature = {n: "constexpr" if n in consts else types.get(n, "i32") for n in fn.arg_names}
@@ -219,7 +221,7 @@ def test_gpu_path_compiles_for_sm90_without_spills() -> None:
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(done.stdout.strip().splitlines()[-1])
-    assert len(results) == 9
+    assert len(results) == 12
     spilling = [r for r in results if r["spill"] != 0]
     assert not spilling, f"register spills (or no ptxas report) on sm_90a: {spilling}"
 

@@ -189,7 +189,9 @@ def expected(case: Case, mode: str) -> tuple[torch.Tensor, ...]:
 
 def check(got: tuple[torch.Tensor, ...], want: tuple[torch.Tensor, ...], dtype: torch.dtype) -> float:
     """Largest error relative to the expected tensor's largest value, over out (and dq, dk, dv)."""
-    limit = 1e-4 if dtype == torch.float32 else 2e-2
+    # Loose enough for bf16 rounding over 18k-key rows (8 bits of mantissa), tight enough for any
+    # masking or segment-boundary error, which moves whole rows by O(1).
+    limit = {torch.float32: 1e-4, torch.float16: 1e-2}.get(dtype, 5e-2)
     worst = 0.0
     for name, g, w in zip(("out", "dq", "dk", "dv")[:len(want)], got, want, strict=True):
         rel = ((g.float() - w).abs().max() / w.abs().max().clamp_min(1e-12)).item()

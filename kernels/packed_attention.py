@@ -41,7 +41,7 @@ except ImportError:  # the reference runs instead (see _dispatch)
 
 LOG2E = 1.4426950408889634
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-MAX_HEAD_DIM = 256
+MAX_HEAD_DIM = 128  # the tiles below are chosen (spill-free on sm_90a) up to 128; Qwen-VL's are 64-128
 
 
 if triton is not None:
@@ -370,7 +370,8 @@ def _check_args(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q:
     if q.shape[2] != k.shape[2]:
         raise ValueError(f"q's head_dim {q.shape[2]} differs from k's {k.shape[2]}; they must match")
     if q.shape[2] > MAX_HEAD_DIM:
-        raise ValueError(f"head_dim must be at most {MAX_HEAD_DIM}, got {q.shape[2]}")
+        raise ValueError(f"head_dim must be at most {MAX_HEAD_DIM} (the kernel's tiles are sized for it), got "
+                         f"{q.shape[2]}; use sage_fast.kernels.reference.varlen_attention_sdpa for larger heads")
     if k.shape[1] == 0 or q.shape[1] % k.shape[1] != 0:
         raise ValueError(f"q's nheads ({q.shape[1]}) must be a multiple of k's nheads_k ({k.shape[1]}) for GQA")
     for name, cu, total in (("cu_seqlens_q", cu_seqlens_q, q.shape[0]), ("cu_seqlens_k", cu_seqlens_k, k.shape[0])):
@@ -510,7 +511,7 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     on the CPU, while on a GPU a value too small skips rows, as in flash-attn, because checking would
     synchronise the device). causal: bottom-right aligned mask (see the
     module docstring); softmax_scale: default 1/sqrt(head_dim). fp16/bf16 (fp32 for tests), head_dim
-    up to 256 (64, 80 and 128 are the Qwen-VL ones). Returns (total_q, nheads, head_dim).
+    up to 128 (64, 80 and 128 are the Qwen-VL ones). Returns (total_q, nheads, head_dim).
 
     Runs the Triton kernels when ``sage_fast.kernels._dispatch.use_kernel`` says so (CUDA tensors or
     the interpreter), else ``varlen_attention_sdpa`` (one PyTorch SDPA call per segment: memory

@@ -108,7 +108,10 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torc
            cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, causal: bool,
            softmax_scale: float | None) -> torch.Tensor:
     """``varlen_attention``: the Triton kernel where it can run (``use_kernel``), per-segment SDPA
-    (``per_segment_sdpa``) elsewhere. Shapes: (total, heads, head_dim) in and out."""
+    (``per_segment_sdpa``) elsewhere and for heads wider than the kernel's tiles (> 128).
+    Shapes: (total, heads, head_dim) in and out."""
+    if q.shape[-1] > packed_attention.MAX_HEAD_DIM:
+        return per_segment_sdpa(q, k, v, cu_seqlens_q, cu_seqlens_k, causal=causal, softmax_scale=softmax_scale)
     return packed_attention.varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                                              causal=causal, softmax_scale=softmax_scale)
 

@@ -162,6 +162,7 @@ def test_forced_reference_is_per_segment_sdpa(monkeypatch: pytest.MonkeyPatch) -
     (lambda a: {**a, "max_seqlen_q": 16}, "max_seqlen_q=16 is below the longest segment (17)"),
     (lambda a: {**a, "v": a["v"].half()}, "q, k, v must share a dtype"),
     (lambda a: {**a, "q": a["q"].long()}, "q must be float16, bfloat16 or float32"),
+    (lambda a: {**a, **{n: a[n].repeat(1, 1, 3) for n in "qkv"}}, "head_dim must be at most 128"),
 ])
 def test_argument_checks_name_the_tensor(change, message: str) -> None:  # noqa: ANN001
     q, k, v, _ = make_inputs([16, 17], [16, 17], 4, 2, 64, torch.float32)

@@ -15,8 +15,9 @@ Use::
 
 Segment boundaries are found as flash_attention_2 finds them, in this order:
 1. ``cu_seq_lens_q`` / ``cu_seq_lens_k`` (and ``max_length_q`` / ``max_length_k``) keyword arguments
-   (TRL's padding-free collators pass them; see ``packed_kwargs``): used for causal calls only, because
-   models forward the same kwargs to their (non-causal) vision tower, whose chunks are not the text's;
+   (TRL's padding-free collators pass them; see ``packed_kwargs``): used for causal calls only, so
+   that a vision tower (non-causal) never applies the text's segments to its own chunks (Qwen-VL's
+   forwards ``**kwargs`` to it; transformers 5.24 happens not to pass these ones down);
 2. a 2-D padding mask (batch, kv_len): each row's kept tokens are one segment (unpad, attend, pad);
 3. position ids of a query as long as the keys: a segment starts where a position does not
    increase over the previous one (restart), and at each row's start. Gaps do not split a segment,

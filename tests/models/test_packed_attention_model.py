@@ -178,8 +178,7 @@ def test_packed_row_with_images_matches_samples_one_by_one(folder: Path) -> None
                   mm_token_type_ids=torch.cat([item.get("mm_token_type_ids", torch.zeros_like(item["input_ids"]))
                                                for item in items]).unsqueeze(0))
     assert_same(*loss_and_grads(ours, **packed), *want)
-    # The same with the text's cu_seq_lens as kwargs: models forward them to the vision tower too,
-    # whose (non-causal) chunks must ignore them.
+    # The same with the text's cu_seq_lens given as kwargs (the vision tower's chunks must not use them).
     assert_same(*loss_and_grads(ours, **packed, **P.packed_kwargs(lengths)), *want)
 
 

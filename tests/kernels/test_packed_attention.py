@@ -86,6 +86,20 @@ def test_matches_reference(head_dim: int, nheads: int, nheads_k: int, dtype: tor
 
 
 @needs_kernel
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_random_segment_lengths(seed: int) -> None:
+    """Seeded random packings (2-9 segments of 1-50 tokens, empty ones included), random head layout."""
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(0, 51, (int(torch.randint(2, 10, (1,), generator=gen)),), generator=gen).tolist()
+    lengths[0] = max(lengths[0], 1)
+    nheads_k = int(torch.randint(1, 3, (1,), generator=gen))
+    group = int(torch.randint(1, 4, (1,), generator=gen))
+    head_dim = [64, 80, 128][seed % 3]
+    for dtype in (torch.float16, torch.bfloat16):
+        check_against_reference(lengths, lengths, nheads_k * group, nheads_k, head_dim, dtype, causal=seed != 2)
+
+
+@needs_kernel
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
 def test_query_and_key_lengths_differ(causal: bool) -> None:
     """Bottom-right causal alignment: decoding (1 query), more keys than queries, more queries than

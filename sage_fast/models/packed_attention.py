@@ -10,8 +10,8 @@ Use::
 
     import sage_fast.models.packed_attention  # registers "sage_varlen" (import is enough)
     model = AutoModelForImageTextToText.from_pretrained(path, attn_implementation="sage_varlen")
-    # packed training row: position_ids restart per sample, no attention_mask
-    # (Qwen-VL: position_ids (4, 1, total), row 0 the text positions, rows 1-3 M-RoPE)
+    row = pack_samples(model, samples)  # position_ids restart per sample, no attention_mask
+    loss = model(**row).loss            # (Qwen-VL: position_ids (4, 1, total), row 0 the text positions)
 
 Segment boundaries are found as flash_attention_2 finds them, in this order:
 1. ``cu_seq_lens_q`` / ``cu_seq_lens_k`` (and ``max_length_q`` / ``max_length_k``) keyword arguments
@@ -37,8 +37,9 @@ import torch.nn.functional as F
 from sage_fast.kernels import packed_attention
 from sage_fast.kernels.reference import varlen_attention_sdpa as per_segment_sdpa
 
-__all__ = ["ATTN_NAME", "attend", "cu_seqlens_from_lengths", "cu_seqlens_from_position_ids", "packed_kwargs",
-           "per_segment_sdpa", "position_ids_for_lengths", "register", "sage_varlen_attention_forward"]
+__all__ = ["ATTN_NAME", "attend", "cu_seqlens_from_lengths", "cu_seqlens_from_position_ids", "pack_samples",
+           "packed_kwargs", "per_segment_sdpa", "position_ids_for_lengths", "register",
+           "sage_varlen_attention_forward"]
 ATTN_NAME = "sage_varlen"
 
 
@@ -93,6 +94,61 @@ def _cached_cu_seqlens(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
     result = cu_seqlens_from_position_ids(position_ids)
     _POSITION_CACHE.update(ref=weakref.ref(position_ids), version=position_ids._version, result=result)
     return result
+
+
+_VISION_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
+
+
+def pack_samples(model: torch.nn.Module, samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """One packed Qwen-VL training row from per-sample inputs, ready for ``model(**row)``.
+
+    Each sample: ``input_ids`` (seqlen,), optional ``labels`` (seqlen,) (all samples or none), and
+    for images / videos the processor's ``pixel_values`` + ``image_grid_thw``, ``pixel_values_videos``
+    + ``video_grid_thw`` (+ ``second_per_grid_ts``), ``mm_token_type_ids`` (seqlen,).
+    Returns ``input_ids`` (1, total); ``position_ids`` (4, 1, total): row 0 the text positions,
+    restarting at each sample (how ``sage_varlen`` and transformers find the segments), rows 1-3
+    each sample's own M-RoPE positions from ``model.model.get_rope_index``; ``labels`` (1, total)
+    with each sample's first token at -100 (it must not be predicted from the previous sample);
+    the vision inputs concatenated in sample order. Pass ``**packed_kwargs(lengths)`` as well to
+    spare each layer re-deriving the segments.
+    """
+    if not samples:
+        raise ValueError("samples is empty: give at least one {'input_ids': (seqlen,) tensor} sample")
+    with_labels = ["labels" in s for s in samples]
+    if any(with_labels) and not all(with_labels):
+        raise ValueError("give labels for every sample or for none (a packed row has one labels tensor)")
+    lengths, mrope, row = [], [], {}
+    for i, sample in enumerate(samples):
+        ids = sample["input_ids"]
+        if ids.dim() != 1:
+            raise ValueError(f"samples[{i}]['input_ids'] must be (seqlen,), got shape {tuple(ids.shape)}")
+        lengths.append(ids.numel())
+        vision = {k: sample[k] for k in ("image_grid_thw", "video_grid_thw", "second_per_grid_ts") if k in sample}
+        if vision:
+            types = sample.get("mm_token_type_ids")
+            if types is None:
+                raise ValueError(f"samples[{i}] has vision inputs but no mm_token_type_ids (seqlen,)")
+            positions, _ = model.model.get_rope_index(ids.unsqueeze(0), mm_token_type_ids=types.unsqueeze(0),
+                                                      **vision)
+        else:  # text only: M-RoPE positions are the text positions
+            positions = torch.arange(ids.numel(), device=ids.device).view(1, 1, -1).expand(3, 1, -1)
+        mrope.append(positions.to(ids.device))
+    ids = torch.cat([s["input_ids"] for s in samples])
+    text = position_ids_for_lengths(lengths, ids.device).unsqueeze(0)
+    row["input_ids"] = ids.unsqueeze(0)
+    row["position_ids"] = torch.cat([text, torch.cat(mrope, dim=-1)])
+    if all(with_labels):
+        labels = torch.cat([s["labels"] for s in samples]).clone()
+        labels[cu_seqlens_from_lengths(lengths, ids.device)[:-1].long()] = -100
+        row["labels"] = labels.unsqueeze(0)
+    for key in _VISION_KEYS:
+        parts = [s[key] for s in samples if key in s]
+        if parts:
+            row[key] = torch.cat(parts)
+    if any("mm_token_type_ids" in s for s in samples):
+        row["mm_token_type_ids"] = torch.cat([s.get("mm_token_type_ids", torch.zeros_like(s["input_ids"]))
+                                              for s in samples]).unsqueeze(0)
+    return row
 
 
 def packed_kwargs(lengths: list[int], device: torch.device | str | None = None) -> dict[str, Any]:

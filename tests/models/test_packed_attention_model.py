@@ -133,9 +133,9 @@ def image_sample(model: torch.nn.Module, text_before: int, text_after: int, seed
 
 
 def test_packed_row_with_images_matches_samples_one_by_one(folder: Path) -> None:
-    """Image samples packed beside a text sample: the vision tower (non-causal, per image) and the
-    M-RoPE positions (each sample's own, concatenated) go through sage_varlen too. Reference: each
-    sample alone through sdpa, losses weighted by their target counts."""
+    """Image samples packed (``pack_samples``) beside a text sample: the vision tower (non-causal, per
+    image) and the M-RoPE positions (each sample's own, concatenated) go through sage_varlen too.
+    Reference: each sample alone through sdpa, losses weighted by their target counts."""
     sdpa, ours = load(folder, "sdpa"), load(folder, P.ATTN_NAME)
     text_only = samples(0, [9])[0]
     items = [image_sample(sdpa, 3, 12, seed=1), dict(input_ids=text_only), image_sample(sdpa, 20, 2, seed=2)]
@@ -156,27 +156,11 @@ def test_packed_row_with_images_matches_samples_one_by_one(folder: Path) -> None
         total_loss += loss.detach()
     want = (total_loss, {n: p.grad.clone() for n, p in sdpa.named_parameters() if p.grad is not None})
 
-    # Packed: each sample's own M-RoPE positions, concatenated, with the text row (restarting) first.
-    positions = []
-    for item in items:
-        ids = item["input_ids"].unsqueeze(0)
-        if "pixel_values" in item:
-            mrope, _ = ours.model.get_rope_index(ids, mm_token_type_ids=item["mm_token_type_ids"].unsqueeze(0),
-                                                 image_grid_thw=item["image_grid_thw"])
-        else:
-            mrope = torch.arange(ids.shape[1]).view(1, 1, -1).expand(3, 1, -1)
-        positions.append(mrope)
+    # Packed by pack_samples: each sample's own M-RoPE positions, text positions restarting per sample.
+    packed = P.pack_samples(ours, items)
     lengths = [len(item["input_ids"]) for item in items]
-    text = P.position_ids_for_lengths(lengths).unsqueeze(0)
-    labels = torch.cat([item["labels"] for item in items]).unsqueeze(0)
-    labels[0, P.cu_seqlens_from_lengths(lengths)[:-1].long()] = -100
-    with_images = [item for item in items if "pixel_values" in item]
-    packed = dict(input_ids=torch.cat([item["input_ids"] for item in items]).unsqueeze(0), labels=labels,
-                  position_ids=torch.cat([text, torch.cat(positions, dim=-1)]),
-                  pixel_values=torch.cat([item["pixel_values"] for item in with_images]),
-                  image_grid_thw=torch.cat([item["image_grid_thw"] for item in with_images]),
-                  mm_token_type_ids=torch.cat([item.get("mm_token_type_ids", torch.zeros_like(item["input_ids"]))
-                                               for item in items]).unsqueeze(0))
+    assert packed["position_ids"].shape == (4, 1, sum(lengths))
+    assert packed["labels"][0, P.cu_seqlens_from_lengths(lengths)[:-1].long()].eq(-100).all()
     assert_same(*loss_and_grads(ours, **packed), *want)
     # The same with the text's cu_seq_lens given as kwargs (the vision tower's chunks must not use them).
     assert_same(*loss_and_grads(ours, **packed, **P.packed_kwargs(lengths)), *want)
@@ -203,3 +187,14 @@ def test_per_segment_sdpa_fallback_matches_the_reference() -> None:
     for causal in (True, False):
         torch.testing.assert_close(P.per_segment_sdpa(q, k, v, cu_q, cu_k, causal=causal),
                                    varlen_attention_reference(q, k, v, cu_q, cu_k, causal=causal))
+
+
+def test_pack_samples_argument_checks(folder: Path) -> None:
+    model = load(folder, "sdpa")
+    a, b = samples(0, [4, 6])
+    with pytest.raises(ValueError, match="labels for every sample or for none"):
+        P.pack_samples(model, [dict(input_ids=a, labels=a), dict(input_ids=b)])
+    with pytest.raises(ValueError, match=r"samples\[1\]\['input_ids'\] must be \(seqlen,\)"):
+        P.pack_samples(model, [dict(input_ids=a), dict(input_ids=b.unsqueeze(0))])
+    row = P.pack_samples(model, [dict(input_ids=a), dict(input_ids=b)])
+    assert row["position_ids"][:, 0].tolist() == [list(range(4)) + list(range(6))] * 4 and "labels" not in row

@@ -137,7 +137,7 @@ def scripted_context(work_dir: str | Path) -> ToolContext:
 
 @dataclass(frozen=True)
 class ScriptedEpisodeFactory:
-    """Builds :class:`ScriptedEpisode` s from ``(index, actions, tool_seconds)`` specs inside whatever
+    """Builds scripted episodes from ``(index, actions, tool_seconds)`` specs inside whatever
     process runs them (a Ray worker): the tool registry and work folder are made there, once."""
 
     work_dir: str

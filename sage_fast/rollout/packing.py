@@ -104,10 +104,12 @@ def pack_plan(lengths: Any, budget: int, world_size: int, *, impl: Impl = "auto"
     return dict(_ext.load().pack_samples(np.asarray(lengths, dtype=np.int64).reshape(-1), budget, world_size))
 
 
-def pack_samples(lengths: Any, budget: int, world_size: int = 1, *, impl: Impl = "auto") -> list[list[MicroBatch]]:
+def pack_samples(lengths: Any, budget: int, world_size: int = 1, *, impl: Impl = "auto",
+                 device: torch.device | str | None = None) -> list[list[MicroBatch]]:
     """Per rank, its micro-batches (every rank the same number; an empty one has ``cu_seqlens == [0]``).
 
-    ``lengths[i]`` is sample i's token count; each micro-batch holds at most ``budget`` tokens."""
+    ``lengths[i]`` is sample i's token count; each micro-batch holds at most ``budget`` tokens;
+    ``cu_seqlens`` are placed on ``device`` (the attention kernel wants them beside q, k, v)."""
     lens = np.asarray(lengths, dtype=np.int64).reshape(-1)
     plan = pack_plan(lens, budget, world_size, impl=impl)
     per_rank: list[list[MicroBatch]] = [[] for _ in range(world_size)]
@@ -116,7 +118,7 @@ def pack_samples(lengths: Any, budget: int, world_size: int = 1, *, impl: Impl =
         indices = order[offsets[k]:offsets[k + 1]]
         cu = np.zeros(len(indices) + 1, dtype=np.int32)
         np.cumsum(lens[indices], out=cu[1:])
-        per_rank[rank].append(MicroBatch(rank=rank, indices=indices.tolist(), cu_seqlens=torch.from_numpy(cu),
+        per_rank[rank].append(MicroBatch(rank=rank, indices=indices.tolist(), cu_seqlens=torch.from_numpy(cu).to(device),
                                          max_seqlen=int(lens[indices].max()) if len(indices) else 0))
     return per_rank
 

@@ -64,6 +64,7 @@ def test_small_cases_and_bad_input() -> None:
     ranks = pack_samples([5, 3, 8, 2, 7], 10, 2, impl="python")
     assert [[mb.indices for mb in batches] for batches in ranks] == [[[2], [1, 3]], [[4], [0]]]
     assert pack_samples([4], 10, 3, impl="python")[2][0].cu_seqlens.tolist() == [0]  # empty slot
+    assert pack_samples([4], 10, 1, device="meta")[0][0].cu_seqlens.device.type == "meta"
     with pytest.raises(ValueError, match="sample 1 has 20 tokens"):
         pack_samples([5, 20], 10, 1)
     with pytest.raises(ValueError, match="world_size"):

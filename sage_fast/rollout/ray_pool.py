@@ -112,21 +112,45 @@ class RayRolloutPool:
             share.sort(key=lambda item: item[0])
         return shares
 
-    def iter_results(self, groups: Sequence[Sequence[Any]]) -> Iterator[GroupResult]:
-        """Yields every group's result, a worker's groups as soon as that worker is done."""
-        shares = self._deal(groups)
-        refs = {self.workers[w].rollout.remote(share): w for w, share in enumerate(shares) if share}
+    def iter_results(self, groups: Sequence[Sequence[Any]], *, chunk: int | None = None) -> Iterator[GroupResult]:
+        """Yields every group's result as its worker hands it back. ``chunk=None`` deals all groups
+        up front, balanced by episode count (each worker overlaps all of its groups); ``chunk=k``
+        hands out ``k`` groups at a time to whichever worker is free, in order, which evens out
+        workers whose endpoints or episodes turn out slower than the others."""
+        if chunk is not None and chunk < 1:
+            raise ValueError(f"chunk must be >= 1 group (or None to deal everything up front), got {chunk}")
         self.last_figures = [{} for _ in self.workers]
+        if chunk is None:
+            queue = [(w, share) for w, share in enumerate(self._deal(groups)) if share]
+        else:
+            self._deal(groups)  # the same input checks
+            queue = [(-1, [(i, list(groups[i])) for i in range(k, min(k + chunk, len(groups)))])
+                     for k in range(0, len(groups), chunk)]
+        refs: dict[Any, int] = {}
+        free = list(range(len(self.workers)))
+
+        def submit() -> None:
+            while queue and (free or queue[0][0] >= 0):
+                w, share = queue.pop(0)
+                if w < 0:
+                    w = free.pop(0)
+                elif w in free:
+                    free.remove(w)
+                refs[self.workers[w].rollout.remote(share)] = w
+
+        submit()
         while refs:
             ready, _ = self._ray.wait(list(refs), num_returns=1)
             w = refs.pop(ready[0])
             results, figures = self._ray.get(ready[0])
             self.last_figures[w] = figures
+            free.append(w)
+            submit()
             yield from results
 
-    def run(self, groups: Sequence[Sequence[Any]]) -> list[GroupResult]:
+    def run(self, groups: Sequence[Sequence[Any]], *, chunk: int | None = None) -> list[GroupResult]:
         """Every group's result, in the order of ``groups``."""
-        return sorted(self.iter_results(groups), key=lambda r: r.group)
+        return sorted(self.iter_results(groups, chunk=chunk), key=lambda r: r.group)
 
     def close(self) -> None:
         for worker in self.workers:

@@ -49,6 +49,26 @@ def test_pool_runs_groups_on_their_workers_endpoints(local_ray, tmp_path, make_f
     assert len(servers[1].requests) == turns[1] + 1  # plus the 503 it answered once
 
 
+def test_pool_hands_out_chunks_to_free_workers(local_ray, tmp_path, make_faulty_openai) -> None:  # noqa: ANN001
+    servers = [make_faulty_openai(), make_faulty_openai()]
+    specs = [EngineSpec("openai", {"base_url": s.url, "model": "stub"}) for s in servers]
+    # Group 0 is slow (a 1.5 s tool), the rest quick; which worker takes which later chunk depends on
+    # timing, so only the deterministic parts are checked.
+    groups = [[(0, [TOOL, ANS], [1.5, 0])]] + [[(g, [TOOL, ANS], [0.01, 0])] for g in range(1, 7)]
+    pool = RayRolloutPool(specs, ScriptedEpisodeFactory(work_dir=str(tmp_path)), SchedulerConfig(), num_cpus=0.5)
+    try:
+        results = pool.run(groups, chunk=1)
+        with pytest.raises(ValueError, match="chunk"):
+            pool.run(groups, chunk=0)
+    finally:
+        pool.close()
+    assert [r.group for r in results] == list(range(7))
+    assert all(r.reasons == [FinishReason.ANSWERED] for r in results)
+    assert {results[0].worker, results[1].worker} == {0, 1}  # the first two chunks go to the two free workers
+    for w in (0, 1):  # each worker's endpoint served exactly its groups' turns (2 per group)
+        assert len(servers[w].requests) == 2 * sum(1 for r in results if r.worker == w)
+
+
 def test_pool_rejects_empty_input(local_ray, tmp_path) -> None:  # noqa: ANN001
     with pytest.raises(ValueError, match="engines"):
         RayRolloutPool([], ScriptedEpisodeFactory(work_dir=str(tmp_path)), SchedulerConfig())

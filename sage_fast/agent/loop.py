@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from sage_fast.agent.frame_cache import FrameBatchCache
 from sage_fast.agent.parsing import ParsedOutput, parse_output
 from sage_fast.agent.prompts import PromptSet, stage1_messages, stage2_messages
 from sage_fast.agent.trajectory import COULD_NOT_PRODUCE, ToolCallRecord, Trajectory, Turn
 from sage_fast.models.base import Orchestrator, SamplingConfig
 from sage_fast.models.token_pruning import TokenPruningConfig
-from sage_fast.tools.cache import ToolResultCache
+from sage_fast.tools.cache import ToolResultCache, content_fingerprint
 from sage_fast.tools.context import ToolContext
 from sage_fast.tools.registry import Tool, ToolRegistry
 from sage_fast.tools.speech import SpeechBackend, SpeechTools
@@ -57,6 +58,9 @@ class AgentConfig:
         "help": "folder of the on-disk tool-result cache shared across episodes (None: off)"})
     tool_cache_max_age_s: float | None = field(default=None, metadata={
         "help": "cached results older than this are recomputed (web pages change); None: never"})
+    frame_cache_mb: int = field(default=1024, metadata={
+        "help": "memory for Stage-1 frame batches shared by episodes on the same video (RL groups, "
+                "several questions per video); 0 turns it off"})
     token_pruning: TokenPruningConfig | None = field(default=None, metadata={
         "help": "local transformers orchestrators: drop Stage-1 video tokens that repeat the previous "
                 "temporal group, e.g. TokenPruningConfig(keep_ratio=0.5); positions are kept"})
@@ -116,6 +120,7 @@ class Agent:
                  if self.config.tool_cache_dir else None)
         self.registry = ToolRegistry(tools if tools is not None else default_tools(orchestrator), cache=cache)
         self.prompts = PromptSet.load(self.config.prompts_dir)
+        self.frame_cache = FrameBatchCache(self.config.frame_cache_mb << 20)
         # 128-192 tokens per frame (128*28*28 to 192*28*28 pixels for Qwen2.5-VL's 14-px patches);
         # frame sides follow the orchestrator's patch size (16 px for Qwen3-VL).
         spec = getattr(orchestrator, "spec", None)
@@ -181,8 +186,12 @@ class Agent:
         cost = trajectory.cost
         size = self.resize.output_size(meta.height, meta.width)
         decode_started = time.perf_counter()
-        frames = await asyncio.to_thread(context.reader.sample_uniform, self.config.num_frames,
-                                         self.config.max_fps, mode=self.config.frame_mode, size=size)
+        key = (content_fingerprint(context.video_path), self.config.num_frames, self.config.max_fps,
+               self.config.frame_mode, size, self.config.video_backend)
+        frames, reused = await asyncio.to_thread(
+            self.frame_cache.get_or_decode, key,
+            lambda: context.reader.sample_uniform(self.config.num_frames, self.config.max_fps,
+                                                  mode=self.config.frame_mode, size=size))
         cost.decode_seconds = time.perf_counter() - decode_started
         schemas = self.registry.schemas
         messages = stage1_messages(self.prompts, question=question, video_path=str(context.video_path),
@@ -194,7 +203,7 @@ class Agent:
         estimate = -(-len(frames) // group) * visual_tokens_per_frame(size[0], size[1], self.resize)
         turn, parsed = await self._turn("stage1", 0, messages, frames, estimate)
         turn.frames = len(frames)
-        cost.frames_decoded += len(frames)
+        cost.frames_decoded += 0 if reused else len(frames)
         cost.visual_tokens += turn.visual_tokens
         trajectory.turns.append(turn)
         if parsed.data is not None and parsed.final_answer is not None and not parsed.tool_needed:

@@ -66,7 +66,11 @@ class OpenAIStub:
                     "id": f"stub-{len(stub.requests)}", "object": "chat.completion", "created": 0,
                     "model": body.get("model", "stub"),
                     "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": text}}],
+                                 "message": {"role": "assistant", "content": text},
+                                 # when asked, one made-up log-probability per whitespace word
+                                 "logprobs": {"content": [
+                                     {"token": word, "logprob": -0.5 * (k + 1), "bytes": None, "top_logprobs": []}
+                                     for k, word in enumerate(text.split())]} if body.get("logprobs") else None}],
                     "usage": {"prompt_tokens": 1000, "completion_tokens": len(text.split()),
                               "total_tokens": 1000 + len(text.split())},
                 }).encode()

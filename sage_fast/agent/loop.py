@@ -58,6 +58,8 @@ class AgentConfig:
         "help": "folder of the on-disk tool-result cache shared across episodes (None: off)"})
     tool_cache_max_age_s: float | None = field(default=None, metadata={
         "help": "cached results older than this are recomputed (web pages change); None: never"})
+    tool_workers: int = field(default=32, metadata={
+        "help": "threads running tool calls, shared by all episodes of this agent (run_many, rollouts)"})
     frame_cache_mb: int = field(default=1024, metadata={
         "help": "memory for Stage-1 frame batches shared by episodes on the same video (RL groups, "
                 "several questions per video); 0 turns it off"})
@@ -71,6 +73,9 @@ class AgentConfig:
             self.token_pruning = TokenPruningConfig(**self.token_pruning)
         if self.frame_mode not in ("exact", "skim"):
             raise ValueError(f"frame_mode={self.frame_mode!r}: use 'exact' or 'skim'")
+        if self.tool_workers < 1 or self.frame_cache_mb < 0:
+            raise ValueError(f"tool_workers must be >= 1 and frame_cache_mb >= 0, got {self.tool_workers}, "
+                             f"{self.frame_cache_mb}")
         if self.num_frames < 1 or self.max_stage2_steps < 0:
             raise ValueError("num_frames must be >= 1 and max_stage2_steps >= 0")
         if not 0 < self.min_frame_tokens <= self.max_frame_tokens:
@@ -118,7 +123,8 @@ class Agent:
         self.config = config or AgentConfig()
         cache = (ToolResultCache(self.config.tool_cache_dir, max_age_s=self.config.tool_cache_max_age_s)
                  if self.config.tool_cache_dir else None)
-        self.registry = ToolRegistry(tools if tools is not None else default_tools(orchestrator), cache=cache)
+        self.registry = ToolRegistry(tools if tools is not None else default_tools(orchestrator), cache=cache,
+                                     max_workers=self.config.tool_workers)
         self.prompts = PromptSet.load(self.config.prompts_dir)
         self.frame_cache = FrameBatchCache(self.config.frame_cache_mb << 20)
         # 128-192 tokens per frame (128*28*28 to 192*28*28 pixels for Qwen2.5-VL's 14-px patches);

@@ -17,6 +17,7 @@ class SamplingConfig:
     top_p: float = 1.0
     max_tokens: int = 2048
     seed: int | None = None
+    logprobs: bool = False  # also return each generated token's log-probability (GRPO's old policy)
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -36,6 +37,12 @@ class Generation:
     tokens_out: int = 0
     seconds: float = 0.0
     visual_tokens: int | None = None  # visual tokens the model read (after pruning); None: unknown
+    token_ids: tuple[int, ...] | None = None  # the generated tokens, where the backend exposes them
+    logprobs: tuple[float, ...] | None = None  # per generated token, when SamplingConfig.logprobs
+
+    def __post_init__(self) -> None:
+        if self.logprobs is not None and self.token_ids is not None and len(self.logprobs) != len(self.token_ids):
+            raise ValueError(f"Generation: {len(self.logprobs)} logprobs for {len(self.token_ids)} tokens")
 
 
 class Orchestrator(Protocol):

@@ -96,12 +96,17 @@ class OpenAICompatible:
         started = time.perf_counter()
         response = self._client.chat.completions.create(
             model=self.model, messages=request, temperature=sampling.temperature, top_p=sampling.top_p,
-            max_tokens=sampling.max_tokens, seed=sampling.seed,
+            max_tokens=sampling.max_tokens, seed=sampling.seed, **({"logprobs": True} if sampling.logprobs else {}),
         )
         usage = response.usage
+        choice = response.choices[0]
+        logprobs = None
+        if sampling.logprobs and choice.logprobs is not None and choice.logprobs.content is not None:
+            logprobs = tuple(float(item.logprob) for item in choice.logprobs.content)
         return Generation(
-            text=response.choices[0].message.content or "",
+            text=choice.message.content or "",
             tokens_in=usage.prompt_tokens if usage else 0,
             tokens_out=usage.completion_tokens if usage else 0,
             seconds=time.perf_counter() - started,
+            logprobs=logprobs,
         )

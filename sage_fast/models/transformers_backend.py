@@ -148,9 +148,18 @@ class TransformersVLM:
             kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p)
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
+        if sampling.logprobs:
+            kwargs.update(return_dict_in_generate=True, output_logits=True)
         output = self.model.generate(**kwargs)
+        logprobs = None
+        if sampling.logprobs:
+            # the model's own distribution (raw logits, temperature 1): what a trainer recomputes
+            steps = torch.stack(output.logits, dim=1)[0].float().log_softmax(-1)  # (new, vocab)
+            output = output.sequences
+            chosen = output[0, prompt_length:]
+            logprobs = tuple(steps[torch.arange(len(chosen)), chosen].tolist())
         new = output[0, prompt_length:]
         visual = int((model_inputs["input_ids"] == self.video_token_id).sum())
         return Generation(text=self.tokenizer.decode(new, skip_special_tokens=True), tokens_in=int(prompt_length),
                           tokens_out=int(new.shape[0]), seconds=time.perf_counter() - started,
-                          visual_tokens=visual)
+                          visual_tokens=visual, token_ids=tuple(new.tolist()), logprobs=logprobs)

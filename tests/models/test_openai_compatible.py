@@ -51,3 +51,12 @@ def test_frames_as_one_vllm_video(openai_stub, frames) -> None:  # noqa: ANN001
     assert [read_frame_index(np.asarray(image)) for image in decoded] == [5, 10, 15]
     with pytest.raises(ValueError, match="frames_as"):
         OpenAICompatible(openai_stub.url, "m", frames_as="gif")
+
+
+def test_logprobs_when_asked(openai_stub) -> None:  # noqa: ANN001
+    openai_stub.replies = ["three words here", "plain"]
+    model = OpenAICompatible(openai_stub.url, "m", max_retries=0)
+    asked = model.generate([{"role": "user", "content": "q"}], None, SamplingConfig(logprobs=True))
+    assert asked.logprobs == (-0.5, -1.0, -1.5) and openai_stub.requests[0]["logprobs"] is True
+    plain = model.generate([{"role": "user", "content": "q"}], None, SamplingConfig())
+    assert plain.logprobs is None and "logprobs" not in openai_stub.requests[1]

@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("transformers")
 
@@ -128,3 +129,20 @@ def test_agent_config_token_pruning_reaches_the_model(tmp_path: Path, video: Pat
     per_group = full.visual_tokens // 4
     assert pruned.visual_tokens == per_group + 3 * (per_group // 2)
     assert full.tokens_in - pruned.tokens_in == full.visual_tokens - pruned.visual_tokens
+
+
+def test_token_ids_and_logprobs_match_a_forward_pass(model: TransformersVLM) -> None:
+    messages = [{"role": "user", "content": "hello there"}]
+    generation = model.generate(messages, None, SamplingConfig(max_tokens=6, logprobs=True))
+    assert generation.token_ids is not None and len(generation.token_ids) == generation.tokens_out
+    assert model.tokenizer.decode(list(generation.token_ids), skip_special_tokens=True) == generation.text
+    # reference: one forward pass over prompt + generated tokens, log-softmax at each step
+    text, _ = model.prompt(messages, None)
+    prompt = model.tokenizer(text, return_tensors="pt").input_ids
+    full = torch.cat([prompt, torch.tensor([generation.token_ids])], dim=1)
+    with torch.no_grad():
+        logits = model.model(input_ids=full, attention_mask=torch.ones_like(full)).logits[0].float()
+    steps = logits[prompt.shape[1] - 1:-1].log_softmax(-1)
+    expected = steps[torch.arange(len(generation.token_ids)), torch.tensor(generation.token_ids)]
+    torch.testing.assert_close(torch.tensor(generation.logprobs), expected, atol=1e-4, rtol=1e-4)
+    assert model.generate(messages, None, SamplingConfig(max_tokens=3)).logprobs is None

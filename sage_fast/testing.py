@@ -23,8 +23,14 @@ def _wait(latency: Latency, body: dict[str, Any]) -> None:
 
 
 class OpenAIStub:
-    """A local OpenAI-compatible chat server: answers /v1/chat/completions with scripted replies
-    and keeps every request, so the real ``openai`` client is what the tests exercise."""
+    """A local OpenAI-compatible server: ``/v1/chat/completions`` and ``/v1/audio/transcriptions``.
+
+    Chat requests consume ``faults`` first, one per request (``"500"``, ``"503"``, ``"400"``: that
+    HTTP status; ``"drop"``: the connection is closed without a response), then ``replies`` in
+    order, then get ``reply`` (a text, or a function of the request body) when it is set, else
+    HTTP 500. Every request is kept, so the real ``openai`` client (and retries around it) is what
+    tests exercise.
+    """
 
     def __init__(self) -> None:
         import json
@@ -32,37 +38,58 @@ class OpenAIStub:
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         self.replies: list[str] = []
+        self.reply: str | Callable[[dict[str, Any]], str] | None = None
+        self.faults: list[str] = []
         self.latency_s: Latency = 0.0
         self.transcriptions: list[dict] = []  # verbose_json bodies for /audio/transcriptions
         self.requests: list[dict] = []
         self.headers: list[dict] = []
+        self.lock = threading.Lock()
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as real servers: dropped connections matter
+
             def log_message(self, *args: object) -> None:  # keep test output clean
                 pass
 
+            def _send(self, status: int, body: dict) -> None:
+                payload = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
                 raw = self.rfile.read(int(self.headers["Content-Length"]))
-                stub.headers.append({k.lower(): v for k, v in self.headers.items()})
                 if self.path.endswith("/audio/transcriptions"):
-                    stub.requests.append({"multipart": raw})
-                    payload = json.dumps(stub.transcriptions.pop(0)).encode()
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
+                    with stub.lock:
+                        stub.headers.append({k.lower(): v for k, v in self.headers.items()})
+                        stub.requests.append({"multipart": raw})
+                        transcription = stub.transcriptions.pop(0)
+                    self._send(200, transcription)
                     return
                 body = json.loads(raw)
-                stub.requests.append(body)
-                _wait(stub.latency_s, body)
-                if not self.path.endswith("/chat/completions") or not stub.replies:
-                    self.send_response(500)
-                    self.end_headers()
+                with stub.lock:
+                    stub.headers.append({k.lower(): v for k, v in self.headers.items()})
+                    stub.requests.append(body)
+                _wait(stub.latency_s, body)  # before the reply is taken: a latency hook may script it
+                with stub.lock:
+                    fault = stub.faults.pop(0) if stub.faults else None
+                    text = stub.replies.pop(0) if fault is None and stub.replies else None
+                if fault == "drop":
+                    self.close_connection = True
+                    self.connection.shutdown(2)
                     return
-                text = stub.replies.pop(0)
-                payload = json.dumps({
+                if text is None and fault is None and stub.reply is not None:
+                    text = stub.reply(body) if callable(stub.reply) else stub.reply
+                if fault is not None or text is None or not self.path.endswith("/chat/completions"):
+                    status = int(fault) if fault is not None else 500
+                    self._send(status, {"error": {"message": f"stub: {fault or 'no scripted reply'}"}})
+                    return
+                words = text.split()
+                self._send(200, {
                     "id": f"stub-{len(stub.requests)}", "object": "chat.completion", "created": 0,
                     "model": body.get("model", "stub"),
                     "choices": [{"index": 0, "finish_reason": "stop",
@@ -70,17 +97,13 @@ class OpenAIStub:
                                  # when asked, one made-up log-probability per whitespace word
                                  "logprobs": {"content": [
                                      {"token": word, "logprob": -0.5 * (k + 1), "bytes": None, "top_logprobs": []}
-                                     for k, word in enumerate(text.split())]} if body.get("logprobs") else None}],
-                    "usage": {"prompt_tokens": 1000, "completion_tokens": len(text.split()),
-                              "total_tokens": 1000 + len(text.split())},
-                }).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                                     for k, word in enumerate(words)]} if body.get("logprobs") else None}],
+                    "usage": {"prompt_tokens": 1000, "completion_tokens": len(words),
+                              "total_tokens": 1000 + len(words)},
+                })
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}/v1"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()

@@ -38,6 +38,42 @@ def jpeg_data_url(pixels_chw: Any, quality: int = 90) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(jpeg_bytes(pixels_chw, quality)).decode("ascii")
 
 
+def _video_parts(indices: list[int], frames: FrameBatch, jpeg_quality: int) -> list[dict[str, Any]]:
+    times = ", ".join(format_timestamp(float(frames.pts_seconds[i]), millis=True) for i in indices)
+    payload = ",".join(base64.b64encode(jpeg_bytes(frames.data[i], jpeg_quality)).decode("ascii") for i in indices)
+    return [{"type": "text", "text": f"A video of {len(indices)} frames sampled at {times}:"},
+            {"type": "video_url", "video_url": {"url": f"data:video/jpeg;base64,{payload}"}}]
+
+
+def openai_content(content: Any, frames: FrameBatch | None, *, jpeg_quality: int = 90,
+                   frames_as: str = "images") -> Any:
+    """A message's content in the OpenAI chat format: ``{"type": "frame", "index": i}`` parts
+    become a time label and a JPEG ``image_url`` each (``frames_as="images"``), or, with
+    ``frames_as="video"``, each run of frames becomes one vLLM frame-list ``video_url``."""
+    if isinstance(content, str):
+        return content
+    parts: list[dict[str, Any]] = []
+    video: list[int] = []  # frame indices waiting to become one video part
+    for part in [*content, None]:
+        if part is not None and part.get("type") == "frame":
+            if frames is None:
+                raise ValueError("a message refers to a frame but no frames were given")
+            i = int(part["index"])
+            if frames_as == "video":
+                video.append(i)
+                continue
+            stamp = format_timestamp(float(frames.pts_seconds[i]), millis=True)
+            parts.append({"type": "text", "text": f"Frame at {stamp}:"})
+            parts.append({"type": "image_url", "image_url": {"url": jpeg_data_url(frames.data[i], jpeg_quality)}})
+            continue
+        if video:
+            parts += _video_parts(video, frames, jpeg_quality)
+            video = []
+        if part is not None:
+            parts.append(part)
+    return parts
+
+
 class OpenAICompatible:
     """``OpenAICompatible(base_url="http://localhost:8000/v1", model="allenai/SAGE-MM-Qwen3-VL-8B-SFT_RL")``."""
 
@@ -58,41 +94,10 @@ class OpenAICompatible:
         key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"  # local servers ignore it
         self._client = OpenAI(base_url=base_url, api_key=key, timeout=timeout_s, max_retries=max_retries)
 
-    def _content(self, content: Any, frames: FrameBatch | None) -> Any:
-        if isinstance(content, str):
-            return content
-        parts: list[dict[str, Any]] = []
-        video: list[int] = []  # frame indices waiting to become one video part
-        for part in [*content, None]:
-            if part is not None and part.get("type") == "frame":
-                if frames is None:
-                    raise ValueError("a message refers to a frame but no frames were given")
-                i = int(part["index"])
-                if self.frames_as == "video":
-                    video.append(i)
-                    continue
-                stamp = format_timestamp(float(frames.pts_seconds[i]), millis=True)
-                parts.append({"type": "text", "text": f"Frame at {stamp}:"})
-                parts.append({"type": "image_url",
-                              "image_url": {"url": jpeg_data_url(frames.data[i], self.jpeg_quality)}})
-                continue
-            if video:
-                parts += self._video_parts(video, frames)
-                video = []
-            if part is not None:
-                parts.append(part)
-        return parts
-
-    def _video_parts(self, indices: list[int], frames: FrameBatch) -> list[dict[str, Any]]:
-        times = ", ".join(format_timestamp(float(frames.pts_seconds[i]), millis=True) for i in indices)
-        payload = ",".join(base64.b64encode(jpeg_bytes(frames.data[i], self.jpeg_quality)).decode("ascii")
-                           for i in indices)
-        return [{"type": "text", "text": f"A video of {len(indices)} frames sampled at {times}:"},
-                {"type": "video_url", "video_url": {"url": f"data:video/jpeg;base64,{payload}"}}]
-
     def generate(self, messages: list[dict[str, Any]], frames: FrameBatch | None,
                  sampling: SamplingConfig) -> Generation:
-        request = [{"role": m["role"], "content": self._content(m["content"], frames)} for m in messages]
+        request = [{"role": m["role"], "content": openai_content(m["content"], frames, jpeg_quality=self.jpeg_quality,
+                                                                frames_as=self.frames_as)} for m in messages]
         started = time.perf_counter()
         response = self._client.chat.completions.create(
             model=self.model, messages=request, temperature=sampling.temperature, top_p=sampling.top_p,

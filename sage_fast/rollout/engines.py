@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sage_fast.models.base import Generation, SamplingConfig
+from sage_fast.models.openai_compatible import openai_content
 from sage_fast.video.types import FrameBatch
 
 
@@ -59,26 +60,6 @@ class RetryPolicy:
             raise ValueError(f"need 0 <= base_s <= max_s, got {self.base_s}, {self.max_s}")
 
 
-def _frame_parts(content: Any, frames: FrameBatch | None, jpeg_quality: int) -> Any:
-    """Frame parts -> a time label and a JPEG data URL each, as sage_fast.models.openai_compatible sends them."""
-    from sage_fast.models.openai_compatible import jpeg_data_url
-    from sage_fast.video.timecode import format_timestamp
-
-    if isinstance(content, str):
-        return content
-    parts: list[dict[str, Any]] = []
-    for part in content:
-        if part.get("type") == "frame":
-            if frames is None:
-                raise ValueError("a message refers to a frame but the request has no frames")
-            i = int(part["index"])
-            parts.append({"type": "text", "text": f"Frame at {format_timestamp(float(frames.pts_seconds[i]), millis=True)}:"})
-            parts.append({"type": "image_url", "image_url": {"url": jpeg_data_url(frames.data[i], jpeg_quality)}})
-        else:
-            parts.append(part)
-    return parts
-
-
 class OpenAIEngine:
     """``OpenAIEngine("http://host:8000/v1", "allenai/SAGE-MM-Qwen3-VL-8B-SFT_RL")``: many requests in
     flight over one async HTTP client; transient failures retried here with back-off (the
@@ -116,7 +97,8 @@ class OpenAIEngine:
         return False
 
     async def generate(self, request: GenerationRequest) -> Generation:
-        messages = [{"role": m["role"], "content": _frame_parts(m["content"], request.frames, self.jpeg_quality)}
+        messages = [{"role": m["role"], "content": openai_content(m["content"], request.frames,
+                                                                 jpeg_quality=self.jpeg_quality)}
                     for m in request.messages]
         s = request.sampling
         started = time.perf_counter()

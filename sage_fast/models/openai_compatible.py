@@ -74,6 +74,12 @@ def openai_content(content: Any, frames: FrameBatch | None, *, jpeg_quality: int
     return parts
 
 
+def choice_logprobs(choice: Any) -> tuple[float, ...] | None:
+    """The sampled tokens' log-probabilities of a chat completion choice, when the server sent them."""
+    content = getattr(getattr(choice, "logprobs", None), "content", None)
+    return None if content is None else tuple(float(item.logprob) for item in content)
+
+
 class OpenAICompatible:
     """``OpenAICompatible(base_url="http://localhost:8000/v1", model="allenai/SAGE-MM-Qwen3-VL-8B-SFT_RL")``."""
 
@@ -105,9 +111,7 @@ class OpenAICompatible:
         )
         usage = response.usage
         choice = response.choices[0]
-        logprobs = None
-        if sampling.logprobs and choice.logprobs is not None and choice.logprobs.content is not None:
-            logprobs = tuple(float(item.logprob) for item in choice.logprobs.content)
+        logprobs = choice_logprobs(choice) if sampling.logprobs else None
         return Generation(
             text=choice.message.content or "",
             tokens_in=usage.prompt_tokens if usage else 0,

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sage_fast.models.base import Generation, SamplingConfig
-from sage_fast.models.openai_compatible import openai_content
+from sage_fast.models.openai_compatible import choice_logprobs, openai_content
 from sage_fast.video.types import FrameBatch
 
 
@@ -107,7 +107,7 @@ class OpenAIEngine:
             try:
                 response = await self._client.chat.completions.create(
                     model=self.model, messages=messages, temperature=s.temperature, top_p=s.top_p,
-                    max_tokens=s.max_tokens, seed=s.seed)
+                    max_tokens=s.max_tokens, seed=s.seed, **({"logprobs": True} if s.logprobs else {}))
                 break
             except Exception as exc:
                 if not self._transient(exc):
@@ -119,10 +119,12 @@ class OpenAIEngine:
                 delay = min(self.retry.max_s, self.retry.base_s * 2 ** attempt)
                 await asyncio.sleep(self._rng.uniform(0, delay))
         usage = response.usage
-        return Generation(text=response.choices[0].message.content or "",
+        choice = response.choices[0]
+        return Generation(text=choice.message.content or "",
                           tokens_in=usage.prompt_tokens if usage else 0,
                           tokens_out=usage.completion_tokens if usage else 0,
-                          seconds=time.perf_counter() - started)
+                          seconds=time.perf_counter() - started,
+                          logprobs=choice_logprobs(choice) if s.logprobs else None)
 
     async def aclose(self) -> None:
         await self._client.close()
@@ -209,8 +211,14 @@ class TransformersEngine:
             kwargs.update(temperature=s.temperature, top_p=s.top_p)
         if s.seed is not None:
             torch.manual_seed(s.seed)
+        if s.logprobs:
+            kwargs.update(return_dict_in_generate=True, output_logits=True)
         with torch.inference_mode():
             output = vlm.model.generate(**kwargs)
+        steps = None
+        if s.logprobs:  # the model's own distribution (raw logits), as TransformersVLM reports it
+            steps = torch.stack(output.logits, dim=1).float().log_softmax(-1)  # (batch, new, vocab)
+            output = output.sequences
         seconds = time.perf_counter() - started
         eos = tok.eos_token_id
         results = []
@@ -218,8 +226,11 @@ class TransformersEngine:
             new = output[i, input_ids.shape[1]:].tolist()
             if eos in new:
                 new = new[:new.index(eos) + 1]
+            logprobs = None
+            if steps is not None:
+                logprobs = tuple(steps[i, torch.arange(len(new)), torch.tensor(new, dtype=torch.long)].tolist())
             results.append(Generation(text=tok.decode(new, skip_special_tokens=True), tokens_in=int(mask[i].sum()),
-                                      tokens_out=len(new), seconds=seconds))
+                                      tokens_out=len(new), seconds=seconds, token_ids=tuple(new), logprobs=logprobs))
         return results
 
     async def aclose(self) -> None:
@@ -296,8 +307,9 @@ class ContinuousTransformersEngine:
         if output.error:
             raise EngineError(f"{self.name}: {output.error}")
         tokens = list(output.generated_tokens)
+        # transformers' paged outputs carry no per-token scores, so logprobs stay None here
         return Generation(text=self.vlm.tokenizer.decode(tokens, skip_special_tokens=True), tokens_in=len(ids),
-                          tokens_out=len(tokens), seconds=time.perf_counter() - started)
+                          tokens_out=len(tokens), seconds=time.perf_counter() - started, token_ids=tuple(tokens))
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self._manager.stop, True)
@@ -341,7 +353,9 @@ class VLLMEngine:
         from vllm import SamplingParams
 
         s = request.sampling
-        params = SamplingParams(temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=s.seed)
+        # logprobs=0: vLLM returns the sampled token's own log-probability at each step
+        params = SamplingParams(temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=s.seed,
+                                logprobs=0 if s.logprobs else None)
         started = time.perf_counter()
         final = None
         async for output in self._engine.generate(self._prompt(request), params, uuid.uuid4().hex):
@@ -349,8 +363,14 @@ class VLLMEngine:
         if final is None:
             raise EngineError(f"{self.name}: the engine returned no output")
         completion = final.outputs[0]
+        token_ids = tuple(completion.token_ids)
+        logprobs = None
+        if s.logprobs and completion.logprobs is not None:
+            logprobs = tuple(float(step[token].logprob) for step, token in zip(completion.logprobs, token_ids,
+                                                                              strict=True))
         return Generation(text=completion.text, tokens_in=len(final.prompt_token_ids or []),
-                          tokens_out=len(completion.token_ids), seconds=time.perf_counter() - started)
+                          tokens_out=len(token_ids), seconds=time.perf_counter() - started, token_ids=token_ids,
+                          logprobs=logprobs)
 
     async def aclose(self) -> None:
         shutdown = getattr(self._engine, "shutdown", None)

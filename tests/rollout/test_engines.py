@@ -68,8 +68,8 @@ def test_openai_engine_keeps_many_requests_in_flight(faulty_openai) -> None:  # 
 def test_transformers_engine_batches_and_matches_unbatched_greedy(tiny_model_dir) -> None:  # noqa: ANN001
     engine = TransformersEngine(tiny_model_dir, max_batch=8)
     prompts = [f"question {i}: {'why ' * (i * 3)}?" for i in range(5)]  # different lengths: padding matters
-    requests = [GenerationRequest(messages=[{"role": "user", "content": p}], sampling=SamplingConfig(max_tokens=6))
-                for p in prompts]
+    sampling = SamplingConfig(max_tokens=6, logprobs=True)
+    requests = [GenerationRequest(messages=[{"role": "user", "content": p}], sampling=sampling) for p in prompts]
 
     async def main():  # noqa: ANN202
         try:
@@ -83,6 +83,27 @@ def test_transformers_engine_batches_and_matches_unbatched_greedy(tiny_model_dir
     assert [g.text for g in batched] == [g.text for g in single]
     assert [g.tokens_in for g in batched] == [g.tokens_in for g in single]
     assert all(1 <= g.tokens_out <= 6 for g in batched)
+    # GRPO's inputs: the same tokens and (up to padding's rounding) the same log-probabilities
+    assert [g.token_ids for g in batched] == [g.token_ids for g in single]
+    for b, u in zip(batched, single, strict=True):
+        assert b.logprobs is not None and len(b.logprobs) == len(b.token_ids)
+        assert max(abs(x - y) for x, y in zip(b.logprobs, u.logprobs, strict=True)) < 1e-4
+
+
+def test_openai_engine_returns_logprobs_when_asked(faulty_openai) -> None:  # noqa: ANN001
+    engine = OpenAIEngine(faulty_openai.url, "stub-model", retry=RetryPolicy(base_s=0.01, seed=0))
+    faulty_openai.reply = "two words"
+    asked = GenerationRequest(messages=[{"role": "user", "content": "q"}],
+                              sampling=SamplingConfig(max_tokens=8, logprobs=True))
+
+    async def main():  # noqa: ANN202
+        try:
+            return await engine.generate(asked), await engine.generate(REQUEST)
+        finally:
+            await engine.aclose()
+
+    with_logprobs, without = asyncio.run(main())
+    assert with_logprobs.logprobs == (-0.5, -1.0) and without.logprobs is None
 
 
 def test_continuous_engine_matches_unbatched_greedy(tiny_model_dir) -> None:  # noqa: ANN001

@@ -10,6 +10,7 @@ M-RoPE positions carry their times.
 from __future__ import annotations
 
 import json
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -62,6 +63,11 @@ class TransformersVLM:
                             "e.g. TokenPruningConfig(keep_ratio=0.5)")
         self.token_pruning = token_pruning
         self.last_pruning: PrunedVideoInputs | None = None
+        # Qwen-VL keeps per-call state on the model (rope_deltas during generate), so two calls at
+        # once (run_many's episodes, a tool sharing the orchestrator) would corrupt each other's
+        # positions: one call at a time per loaded model (code calling model.generate directly holds
+        # this lock too). Batching is the rollout engines' job.
+        self.generate_lock = threading.Lock()
         import transformers
         from huggingface_hub import snapshot_download
         from transformers import AutoConfig, AutoTokenizer
@@ -121,9 +127,14 @@ class TransformersVLM:
         chunks.append("<|im_start|>assistant\n")
         return "".join(chunks), vision
 
-    @torch.inference_mode()
     def generate(self, messages: list[dict[str, Any]], frames: FrameBatch | None,
                  sampling: SamplingConfig) -> Generation:
+        """One completion; calls from several threads run one after another (see ``__init__``)."""
+        with self.generate_lock, torch.inference_mode():
+            return self._generate(messages, frames, sampling)
+
+    def _generate(self, messages: list[dict[str, Any]], frames: FrameBatch | None,
+                  sampling: SamplingConfig) -> Generation:
         started = time.perf_counter()
         text, vision = self.prompt(messages, frames)
         input_ids = self.tokenizer(text, return_tensors="pt").input_ids.to(self.device)

@@ -213,7 +213,7 @@ class TransformersEngine:
             torch.manual_seed(s.seed)
         if s.logprobs:
             kwargs.update(return_dict_in_generate=True, output_logits=True)
-        with torch.inference_mode():
+        with vlm.generate_lock, torch.inference_mode():  # tools may share this model
             output = vlm.model.generate(**kwargs)
         steps = None
         if s.logprobs:  # the model's own distribution (raw logits), as TransformersVLM reports it

@@ -146,3 +146,29 @@ def test_token_ids_and_logprobs_match_a_forward_pass(model: TransformersVLM) -> 
     expected = steps[torch.arange(len(generation.token_ids)), torch.tensor(generation.token_ids)]
     torch.testing.assert_close(torch.tensor(generation.logprobs), expected, atol=1e-4, rtol=1e-4)
     assert model.generate(messages, None, SamplingConfig(max_tokens=3)).logprobs is None
+
+
+def test_concurrent_calls_equal_sequential_ones(model: TransformersVLM, video: Path) -> None:
+    """Episodes of run_many and tools sharing the model call it from several threads at once."""
+    import concurrent.futures
+
+    from sage_fast.video import open_video
+
+    reader = open_video(video)
+    jobs = []
+    for i in range(4):
+        frames = reader.sample_uniform(4 + 2 * i, size=(224, 224)) if i % 2 == 0 else None  # 28k and 32k
+        content = ([{"type": "frame", "index": k} for k in range(len(frames))] if frames is not None else []) + [
+            {"type": "text", "text": f"question {i}"}]
+        jobs.append(([{"role": "user", "content": content}], frames))
+    sampling = SamplingConfig(max_tokens=6)
+    sequential = [model.generate(m, f, sampling).text for m, f in jobs]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        concurrent_texts = list(pool.map(lambda job: model.generate(job[0], job[1], sampling).text, jobs * 2))
+        assert concurrent_texts == sequential * 2
+        # Qwen-VL keeps rope_deltas on the model during generate: calls must not overlap
+        with model.generate_lock:
+            waiting = pool.submit(model.generate, *jobs[0], sampling)
+            done, _ = concurrent.futures.wait([waiting], timeout=0.5)
+            assert not done  # held back while another call owns the model
+        assert waiting.result(timeout=30).text == sequential[0]

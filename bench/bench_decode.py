@@ -171,6 +171,35 @@ def test_uniform_128(benchmark, case_a, video: str, provider: str) -> None:  # n
            {"video": video, "decode_stats": result.stats, **checked})
 
 
+# -- case A on the GPU: NVDEC through DALI (sage_fast) vs torchcodec's CUDA decoder ---------------
+GPU_MEAN_DIFF_LIMIT = 3.0  # NVDEC's YUV->RGB rounds differently from swscale; larger means other frames
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("video", ["720p_10min", "720p_60min"], ids=["10min", "60min"])
+@pytest.mark.parametrize("provider", list(P.GPU_CASE_A), ids=[slug(p) for p in P.GPU_CASE_A])
+def test_uniform_128_gpu(benchmark, case_a, video: str, provider: str) -> None:  # noqa: ANN001
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    if provider.startswith("torchcodec"):
+        pytest.importorskip("torchcodec.decoders")
+    else:
+        pytest.importorskip("nvidia.dali")
+    benchmark.group = f"A-GPU: {N_FRAMES} uniform frames, {video} (cold, frames left on the GPU)"
+    case = case_a(video)
+    fn = P.GPU_CASE_A[provider]
+    got = fn(case.targets)  # checked once, then timed
+    np.testing.assert_allclose(got.pts_seconds, case.reference.pts_seconds, rtol=0, atol=1e-6)
+    diff = frame_diff(got.frames.cpu().numpy(), case.reference.frames)
+    assert diff["mean_abs_diff"] <= GPU_MEAN_DIFF_LIMIT, f"{provider} returned other frames: {diff}"
+    benchmark.pedantic(lambda: fn(case.targets), rounds=rounds(3), iterations=1, warmup_rounds=1)
+    record(benchmark, "A-GPU", provider, "sage_fast exact (CPU)", len(case.targets),
+           {"video": video, "check": "same pts, pixels within NVDEC's colour rounding", **diff,
+            "gpu": torch.cuda.get_device_name()})
+
+
 # -- case B: 100 window calls on one video -------------------------------------------------------
 B_PROVIDERS = ["sage_fast open_video (cached)", "sage_fast reopen per call", "torchcodec reopen per call",
                "torchcodec approximate reopen per call", "torchcodec one decoder reused"]

@@ -64,6 +64,9 @@ def test_doctor_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert report["decode_backends"]["pyav"].startswith("ok")
     assert report["ffmpeg_cli"].startswith("ffmpeg version")
     assert report["auto_backend"]["cpu"] in ("native", "torchcodec", "pyav")
+    assert report["agent"]["rollout scheduler"] == "C++ core"  # the test install builds the compiled core
+    assert "gemini" in report["agent"]["orchestrators"]  # google-genai is in the test extra
+    assert "offline-tiny.en ready" in report["agent"]["speech"]
 
 
 def test_sample_video_has_audio(sample: Path) -> None:

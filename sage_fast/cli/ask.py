@@ -12,30 +12,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("ask", help="answer a question about a video with the SAGE agent")
     parser.add_argument("video")
     parser.add_argument("question")
-    parser.add_argument("--orchestrator", required=True,
+    parser.add_argument("--config", default=None, metavar="RUN.yaml",
+                        help="settings file: the options below by name (orchestrator, tool_model, asr, ...) and an "
+                             "`agent:` mapping of AgentConfig fields; options given on the command line win")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the effective settings as YAML (a starting RUN.yaml) and exit")
+    parser.add_argument("--orchestrator", default=None,
                         help="openai:URL (a vLLM/SGLang server), gemini:MODEL (GEMINI_API_KEY; "
                              "GOOGLE_GEMINI_BASE_URL for a proxy), a Hugging Face id or local folder of a Qwen-VL "
                              "model (e.g. allenai/SAGE-MM-Qwen3-VL-8B-SFT_RL), or tiny / tiny-qwen3 (random "
                              "weights built offline: meaningless answers, the whole pipeline runs)")
-    parser.add_argument("--device", default="cpu", help="device for a local model (cpu, cuda, cuda:1)")
+    parser.add_argument("--device", default=None, help="device for a local model (cpu, cuda, cuda:1)")
     parser.add_argument("--max-tokens", type=int, default=None, help="tokens per model call (default 2048; 64 for tiny)")
     parser.add_argument("--model", default=None, help="model name on the server (default: the server's only model)")
-    parser.add_argument("--frames-as", default="images", choices=("images", "video"),
+    parser.add_argument("--frames-as", default=None, choices=("images", "video"),
                         help="openai: servers get the frames as images, or as one video of JPEG frames (vLLM)")
     parser.add_argument("--tool-model", default=None,
                         help="model for grounding and analysis, same forms as --orchestrator (default: the orchestrator)")
-    parser.add_argument("--asr", default="none",
+    parser.add_argument("--asr", default=None,
                         help="speech backend: faster-whisper:MODEL (size name, CTranslate2 folder, or offline-tiny.en: "
                              "bundled, no download), transformers:MODEL (Whisper), openai:URL, or none")
-    parser.add_argument("--search", default="none", choices=("serper", "ddgs", "none"),
+    parser.add_argument("--search", default=None, choices=("serper", "ddgs", "none"),
                         help="web search and page reading (serper needs SERPER_API_KEY)")
-    parser.add_argument("--num-frames", type=int, default=128)
+    parser.add_argument("--num-frames", type=int, default=None, help="Stage-1 frames (default 128)")
     parser.add_argument("--prune", default=None, metavar="keep_ratio=R|threshold=T",
                         help="local models: drop Stage-1 video tokens that repeat the previous frame group "
                              "(e.g. keep_ratio=0.5 or threshold=0.95); positions are kept")
-    parser.add_argument("--frame-mode", default="exact", choices=("exact", "skim"),
+    parser.add_argument("--frame-mode", default=None, choices=("exact", "skim"),
                         help="Stage-1 frames: exact uniform frames (the paper), or the nearest keyframes (fast)")
-    parser.add_argument("--max-steps", type=int, default=10, help="Stage-2 steps before giving up")
+    parser.add_argument("--max-steps", type=int, default=None, help="Stage-2 steps before giving up (default 10)")
     parser.add_argument("--work-dir", default=None, help="where tools write frames and clips")
     parser.add_argument("--tool-cache", default=None,
                         help="folder of the on-disk tool-result cache, shared across runs (default: off)")
@@ -140,25 +145,67 @@ def print_turn(turn) -> None:  # noqa: ANN001 (a Turn)
               + (", cached" if call.cached else "") + f"]\n     {first_line}", file=sys.stderr, flush=True)
 
 
+# Options that a RUN.yaml may set by name, with their defaults (the command line wins over both).
+SETTINGS = {"orchestrator": None, "model": None, "device": "cpu", "frames_as": "images", "tool_model": None,
+            "asr": "none", "search": "none"}
+# Command-line options that are AgentConfig fields (option -> field).
+AGENT_OPTIONS = {"num_frames": "num_frames", "frame_mode": "frame_mode", "max_steps": "max_stage2_steps",
+                 "work_dir": "work_dir", "tool_cache": "tool_cache_dir"}
+
+
+def resolve_settings(args: argparse.Namespace) -> tuple[dict, object]:
+    """Defaults < RUN.yaml < command line, for the CLI settings and the AgentConfig."""
+    from sage_fast.agent.loop import AgentConfig
+    from sage_fast.config import from_dict, load_yaml
+
+    data = load_yaml(args.config) if args.config else {}
+    agent_data = dict(data.pop("agent", None) or {})
+    unknown = sorted(set(data) - set(SETTINGS))
+    if unknown:
+        raise ValueError(f"{args.config}: unknown setting(s) {', '.join(unknown)}; valid: "
+                         f"{', '.join([*SETTINGS, 'agent'])}")
+    settings = {name: getattr(args, name) if getattr(args, name) is not None else data.get(name, default)
+                for name, default in SETTINGS.items()}
+    if not settings["orchestrator"]:
+        raise ValueError("name the orchestrator: --orchestrator (or `orchestrator:` in --config); "
+                         "e.g. --orchestrator tiny to run offline")
+    for option, field in AGENT_OPTIONS.items():
+        if getattr(args, option) is not None:
+            agent_data[field] = getattr(args, option)
+    sampling = dict(agent_data.get("sampling") or {})
+    if args.max_tokens is not None:
+        sampling["max_tokens"] = args.max_tokens
+    elif "max_tokens" not in sampling:
+        sampling["max_tokens"] = 64 if settings["orchestrator"] in TINY else 2048
+    agent_data["sampling"] = sampling
+    if args.prune is not None:
+        agent_data["token_pruning"] = parse_pruning(args.prune)
+    return settings, from_dict(AgentConfig, agent_data, where=f"{args.config or 'ask'}: agent")
+
+
 def run(args: argparse.Namespace) -> int:
-    from sage_fast.agent.loop import Agent, AgentConfig, default_tools
+    from sage_fast.agent.loop import Agent, default_tools
     from sage_fast.agent.trajectory import append_jsonl
-    from sage_fast.models.base import SamplingConfig
+    from sage_fast.config import to_dict
     from sage_fast.tools.web_tools import WebConfig
 
+    settings, config = resolve_settings(args)
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump({**settings, "agent": to_dict(config)}, sort_keys=False), end="")
+        return 0
     if not Path(args.video).is_file():
         raise ValueError(f"{args.video}: no such video file")
-    pruning = parse_pruning(args.prune)
-    orchestrator = make_orchestrator(args.orchestrator, args.model, args.device, args.frames_as, pruning)
-    max_tokens = args.max_tokens or (64 if args.orchestrator in TINY else 2048)
-    config = AgentConfig(num_frames=args.num_frames, frame_mode=args.frame_mode, max_stage2_steps=args.max_steps,
-                         work_dir=args.work_dir,
-                         tool_cache_dir=args.tool_cache, token_pruning=pruning, sampling=SamplingConfig(max_tokens=max_tokens))
-    tool_vlm = make_orchestrator(args.tool_model, None, args.device) if args.tool_model else None
-    tools = default_tools(orchestrator, tool_vlm, speech=make_speech(args.asr, args.device),
-                          web=None if args.search == "none" else WebConfig(search_backend=args.search))
+    device = settings["device"]
+    orchestrator = make_orchestrator(settings["orchestrator"], settings["model"], device, settings["frames_as"],
+                                     config.token_pruning)
+    tool_vlm = make_orchestrator(settings["tool_model"], None, device) if settings["tool_model"] else None
+    tools = default_tools(orchestrator, tool_vlm, speech=make_speech(settings["asr"], device),
+                          web=None if settings["search"] == "none" else WebConfig(search_backend=settings["search"]))
     trajectory = Agent(orchestrator, tools=tools, config=config).run(Path(args.video), args.question,
                                                                       on_turn=print_turn)
+    trajectory.metadata["run"] = {**settings, "agent": to_dict(config)}  # what produced it, keys never included
     if args.out:
         append_jsonl(args.out, [trajectory])
     if args.html:

@@ -49,6 +49,7 @@ class OpenAIStub:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, as real servers: dropped connections matter
+            disable_nagle_algorithm = True  # headers and body leave at once (no delayed-ACK stalls)
 
             def log_message(self, *args: object) -> None:  # keep test output clean
                 pass

@@ -22,6 +22,18 @@ def _wait(latency: Latency, body: dict[str, Any]) -> None:
         time.sleep(seconds)
 
 
+def send_json(handler: Any, status: int, body: dict[str, Any]) -> None:
+    """Writes one JSON response with its length (keep-alive clients need it)."""
+    import json
+
+    payload = json.dumps(body).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(payload)))
+    handler.end_headers()
+    handler.wfile.write(payload)
+
+
 class OpenAIStub:
     """A local OpenAI-compatible server: ``/v1/chat/completions`` and ``/v1/audio/transcriptions``.
 
@@ -55,12 +67,7 @@ class OpenAIStub:
                 pass
 
             def _send(self, status: int, body: dict) -> None:
-                payload = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                send_json(self, status, body)
 
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
                 raw = self.rfile.read(int(self.headers["Content-Length"]))
@@ -136,12 +143,7 @@ class GeminiStub:
                 pass
 
             def _send(self, status: int, body: dict) -> None:
-                payload = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                send_json(self, status, body)
 
             def do_POST(self) -> None:  # noqa: N802
                 raw = self.rfile.read(int(self.headers["Content-Length"]))

@@ -48,6 +48,37 @@ def _vision_spec(path: Path, config: Any) -> QwenVisionSpec:
                           timestamps_in_text=qwen3)
 
 
+def generate_settings(sampling: SamplingConfig, pad_token_id: int | None) -> dict[str, Any]:
+    """``generate()`` keyword arguments for ``sampling`` (seeds torch when a seed is set); with
+    ``sampling.logprobs`` the output also carries each step's raw logits."""
+    settings: dict[str, Any] = dict(max_new_tokens=sampling.max_tokens, do_sample=sampling.temperature > 0,
+                                    pad_token_id=pad_token_id)
+    if sampling.temperature > 0:
+        settings.update(temperature=sampling.temperature, top_p=sampling.top_p)
+    if sampling.seed is not None:
+        torch.manual_seed(sampling.seed)
+    if sampling.logprobs:
+        settings.update(return_dict_in_generate=True, output_logits=True)
+    return settings
+
+
+def split_generate_output(output: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(sequences, per-step log-probabilities (batch, new, vocab) or None) of a ``generate()`` result.
+
+    The log-probabilities are the model's own distribution (raw logits, temperature 1), which is
+    what a GRPO trainer recomputes for the old policy, whatever the sampling temperature was.
+    """
+    if isinstance(output, torch.Tensor):
+        return output, None
+    return output.sequences, torch.stack(output.logits, dim=1).float().log_softmax(-1)
+
+
+def chosen_logprobs(steps: torch.Tensor, tokens: torch.Tensor | list[int]) -> tuple[float, ...]:
+    """Each generated token's log-probability from one row's (new, vocab) step log-probabilities."""
+    tokens = torch.as_tensor(tokens, dtype=torch.long, device=steps.device)
+    return tuple(steps[torch.arange(len(tokens), device=steps.device), tokens].tolist())
+
+
 class TransformersVLM:
     """``TransformersVLM("allenai/SAGE-MM-Qwen3-VL-8B-SFT_RL", device="cuda")`` or a local folder.
 
@@ -151,25 +182,10 @@ class TransformersVLM:
             model_inputs = dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                                 mm_token_type_ids=types, **vision)
         prompt_length = model_inputs["input_ids"].shape[1]  # what the language model reads
-        kwargs: dict[str, Any] = dict(
-            **model_inputs, max_new_tokens=sampling.max_tokens,
-            do_sample=sampling.temperature > 0, pad_token_id=self.tokenizer.pad_token_id,
-        )
-        if sampling.temperature > 0:
-            kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p)
-        if sampling.seed is not None:
-            torch.manual_seed(sampling.seed)
-        if sampling.logprobs:
-            kwargs.update(return_dict_in_generate=True, output_logits=True)
-        output = self.model.generate(**kwargs)
-        logprobs = None
-        if sampling.logprobs:
-            # the model's own distribution (raw logits, temperature 1): what a trainer recomputes
-            steps = torch.stack(output.logits, dim=1)[0].float().log_softmax(-1)  # (new, vocab)
-            output = output.sequences
-            chosen = output[0, prompt_length:]
-            logprobs = tuple(steps[torch.arange(len(chosen)), chosen].tolist())
+        output, steps = split_generate_output(self.model.generate(
+            **model_inputs, **generate_settings(sampling, self.tokenizer.pad_token_id)))
         new = output[0, prompt_length:]
+        logprobs = chosen_logprobs(steps[0], new) if steps is not None else None
         visual = int((model_inputs["input_ids"] == self.video_token_id).sum())
         return Generation(text=self.tokenizer.decode(new, skip_special_tokens=True), tokens_in=int(prompt_length),
                           tokens_out=int(new.shape[0]), seconds=time.perf_counter() - started,

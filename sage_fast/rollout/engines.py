@@ -190,6 +190,11 @@ class TransformersEngine:
         import torch
 
         from sage_fast.models.qwen_inputs import mm_token_type_ids
+        from sage_fast.models.transformers_backend import (
+            chosen_logprobs,
+            generate_settings,
+            split_generate_output,
+        )
 
         vlm = self.vlm
         self.batches.append(len(requests))
@@ -202,23 +207,12 @@ class TransformersEngine:
         enc = tok(texts, return_tensors="pt", padding=True)
         input_ids = enc.input_ids.to(vlm.device)
         mask = enc.attention_mask.to(vlm.device)
-        s = requests[0].sampling
-        kwargs: dict[str, Any] = dict(input_ids=input_ids, attention_mask=mask, max_new_tokens=s.max_tokens,
-                                      do_sample=s.temperature > 0, pad_token_id=tok.pad_token_id,
+        kwargs: dict[str, Any] = dict(input_ids=input_ids, attention_mask=mask,
                                       mm_token_type_ids=mm_token_type_ids(input_ids, image_token_id=vlm.image_token_id,
-                                                                          video_token_id=vlm.video_token_id))
-        if s.temperature > 0:
-            kwargs.update(temperature=s.temperature, top_p=s.top_p)
-        if s.seed is not None:
-            torch.manual_seed(s.seed)
-        if s.logprobs:
-            kwargs.update(return_dict_in_generate=True, output_logits=True)
+                                                                          video_token_id=vlm.video_token_id),
+                                      **generate_settings(requests[0].sampling, tok.pad_token_id))
         with vlm.generate_lock, torch.inference_mode():  # tools may share this model
-            output = vlm.model.generate(**kwargs)
-        steps = None
-        if s.logprobs:  # the model's own distribution (raw logits), as TransformersVLM reports it
-            steps = torch.stack(output.logits, dim=1).float().log_softmax(-1)  # (batch, new, vocab)
-            output = output.sequences
+            output, steps = split_generate_output(vlm.model.generate(**kwargs))
         seconds = time.perf_counter() - started
         eos = tok.eos_token_id
         results = []
@@ -226,9 +220,7 @@ class TransformersEngine:
             new = output[i, input_ids.shape[1]:].tolist()
             if eos in new:
                 new = new[:new.index(eos) + 1]
-            logprobs = None
-            if steps is not None:
-                logprobs = tuple(steps[i, torch.arange(len(new)), torch.tensor(new, dtype=torch.long)].tolist())
+            logprobs = chosen_logprobs(steps[i], new) if steps is not None else None
             results.append(Generation(text=tok.decode(new, skip_special_tokens=True), tokens_in=int(mask[i].sum()),
                                       tokens_out=len(new), seconds=seconds, token_ids=tuple(new), logprobs=logprobs))
         return results

@@ -31,10 +31,10 @@ def _dataclass_in(annotation: Any) -> type | None:
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, *, where: str = "") -> T:
     """``cls(**data)`` with nested dataclasses built recursively and unknown keys refused."""
-    data = dict(data or {})
     label = where or cls.__name__
-    if not isinstance(data, dict):
+    if data is not None and not isinstance(data, dict):
         raise ValueError(f"{label}: expected a mapping of settings, got {type(data).__name__}")
+    data = dict(data or {})
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))

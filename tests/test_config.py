@@ -29,6 +29,8 @@ def test_bad_settings_name_the_key() -> None:
         from_dict(AgentConfig, {"sampling": {"temperature": -1}})
     with pytest.raises(ValueError, match="AgentConfig.sampling: unknown setting"):
         from_dict(AgentConfig, {"sampling": {"temp": 1}})
+    with pytest.raises(ValueError, match="AgentConfig: expected a mapping of settings, got list"):
+        from_dict(AgentConfig, [("num_frames", 3)])  # type: ignore[arg-type]
     assert "num_frames: 128  # Stage-1 frames, sampled uniformly" in help_text(AgentConfig)
 
 

@@ -178,6 +178,20 @@ class Agent:
         (and its tool call) is done, for live display."""
         return run_blocking(self.arun(video_path, question, metadata=metadata, on_turn=on_turn))
 
+    def _stage1_frames(self, context: ToolContext, size: tuple[int, int]) -> tuple[Any, bool]:
+        """Stage-1 frames and whether another episode already decoded them (in a worker thread:
+        fingerprinting and decoding read the file)."""
+        config = self.config
+
+        def decode() -> Any:
+            return context.reader.sample_uniform(config.num_frames, config.max_fps, mode=config.frame_mode, size=size)
+
+        if self.frame_cache.max_bytes == 0:
+            return decode(), False
+        key = (content_fingerprint(context.video_path), config.num_frames, config.max_fps, config.frame_mode,
+               size, config.video_backend)
+        return self.frame_cache.get_or_decode(key, decode)
+
     async def arun(self, video_path: str | Path, question: str, *, metadata: dict[str, Any] | None = None,
                    on_turn: Callable[[Turn], None] | None = None) -> Trajectory:
         """One episode as a coroutine: decoding, model calls and tools run in worker threads, so
@@ -192,12 +206,7 @@ class Agent:
         cost = trajectory.cost
         size = self.resize.output_size(meta.height, meta.width)
         decode_started = time.perf_counter()
-        key = (content_fingerprint(context.video_path), self.config.num_frames, self.config.max_fps,
-               self.config.frame_mode, size, self.config.video_backend)
-        frames, reused = await asyncio.to_thread(
-            self.frame_cache.get_or_decode, key,
-            lambda: context.reader.sample_uniform(self.config.num_frames, self.config.max_fps,
-                                                  mode=self.config.frame_mode, size=size))
+        frames, reused = await asyncio.to_thread(self._stage1_frames, context, size)
         cost.decode_seconds = time.perf_counter() - decode_started
         schemas = self.registry.schemas
         messages = stage1_messages(self.prompts, question=question, video_path=str(context.video_path),

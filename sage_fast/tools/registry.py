@@ -20,7 +20,7 @@ from typing import Any
 
 from sage_fast.agent.parsing import ToolCall
 from sage_fast.agent.trajectory import ToolCallRecord
-from sage_fast.tools.cache import ToolResultCache, content_fingerprint, not_cacheable  # noqa: F401 (re-export)
+from sage_fast.tools.cache import ToolResultCache, content_fingerprint
 from sage_fast.tools.context import ToolContext, ToolInputError
 from sage_fast.tools.retry import RetryPolicy, call_with_retries
 from sage_fast.tools.schema import function_schema, validate_arguments
@@ -197,8 +197,9 @@ class ToolRegistry:
         return self._settle(record, running, None)
 
     async def acall(self, context: ToolContext, call: ToolCall, history: list[ToolCallRecord]) -> ToolCallRecord:
-        """:meth:`call` for asyncio drivers: the event loop stays free while the tool runs."""
-        record, running = self._start(context, call, history)
+        """:meth:`call` for asyncio drivers: the event loop stays free while the tool runs (and
+        while the cache is consulted, which reads files)."""
+        record, running = await asyncio.to_thread(self._start, context, call, history)
         if running is None:
             return record
         try:

@@ -83,13 +83,16 @@ class AgentConfig:
                              f"{self.min_frame_tokens}, {self.max_frame_tokens}")
 
 
-def default_tools(orchestrator: Orchestrator, tool_vlm: Orchestrator | None = None, *,
+def default_tools(orchestrator: Orchestrator | None, tool_vlm: Orchestrator | None = None, *,
                   speech: SpeechBackend | None = None, web: WebConfig | None = None) -> list[Tool]:
     """extract-video-parts, plus ground-event and analyze on ``tool_vlm`` (default: the
-    orchestrator itself, shared, as a first run on one GPU needs); transcribe-speech when a
-    speech backend is given, web search and the page reader when a web configuration is."""
-    vlm = VLMTools(tool_vlm or orchestrator)
-    tools = [Tool(extract_parts_from_timestamp), Tool(vlm.identify_timestamps_visually), Tool(vlm.perform_reasoning)]
+    orchestrator itself, shared, as a first run on one GPU needs; neither: no VLM tools);
+    transcribe-speech when a speech backend is given, web search and the page reader when a web
+    configuration is."""
+    tools = [Tool(extract_parts_from_timestamp)]
+    if (model := tool_vlm or orchestrator) is not None:
+        vlm = VLMTools(model)
+        tools += [Tool(vlm.identify_timestamps_visually), Tool(vlm.perform_reasoning)]
     if speech is not None:
         tools.append(Tool(SpeechTools(speech).verbal_transcript))
     if web is not None:

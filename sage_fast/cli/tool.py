@@ -55,25 +55,13 @@ def run(args: argparse.Namespace) -> int:
     from sage_fast.cli.ask import make_orchestrator, make_speech
     from sage_fast.tools.cache import ToolResultCache
     from sage_fast.tools.context import ToolContext
-    from sage_fast.tools.registry import Tool, ToolRegistry
-    from sage_fast.tools.video_tools import extract_parts_from_timestamp
+    from sage_fast.tools.registry import ToolRegistry
     from sage_fast.tools.web_tools import WebConfig
 
     web = None if args.search == "none" else WebConfig(search_backend=args.search)
     speech = make_speech(args.asr, args.device)
-    if args.tool_model:
-        vlm = make_orchestrator(args.tool_model, args.model, args.device)
-        tools = default_tools(vlm, speech=speech, web=web)
-    else:  # the VLM tools need a model; the rest run without one
-        from sage_fast.tools.speech import SpeechTools
-        from sage_fast.tools.web_tools import WebTools
-
-        tools = [Tool(extract_parts_from_timestamp)]
-        if speech is not None:
-            tools.append(Tool(SpeechTools(speech).verbal_transcript))
-        if web is not None:
-            web_tools = WebTools(web)
-            tools += [Tool(web_tools.unified_web_search), Tool(web_tools.parse_web_data)]
+    vlm = make_orchestrator(args.tool_model, args.model, args.device) if args.tool_model else None
+    tools = default_tools(vlm, speech=speech, web=web)  # the VLM tools only with a model
     registry = ToolRegistry(tools, cache=ToolResultCache(args.tool_cache) if args.tool_cache else None)
     if args.list:
         print(json.dumps(registry.schemas, indent=2))

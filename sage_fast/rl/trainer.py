@@ -1,0 +1,497 @@
+"""Multi-turn GRPO for SAGE-MM: rollouts under the scheduler, the paper's rewards, packed updates.
+
+One optimizer step (DESIGN.md §2, "RL"):
+
+1. **Rollout.** ``prompts_per_step`` questions, each run ``group_size`` times by the SAGE agent
+   (Stage-1 + Stage-2 loop, real tools) on the policy itself, every turn admitted by the rollout
+   scheduler (:func:`~sage_fast.rollout.agent_rollout.run_agent_rollout`), so an episode's next
+   turn starts as soon as its tool returns instead of waiting for the batch. Sampling temperature
+   0.7; the Stage-2 cap is 5 for the first 100 steps, then 10.
+2. **Rewards.** The judge (an OpenAI-compatible model at temperature 0) says whether each answer
+   means the ground truth, and, per tool call, whether the call was a reasonable next step; the
+   paper's rewards (:mod:`sage_fast.rl.rewards`) sum per episode.
+3. **Advantages.** GRPO: each episode's reward against its group's mean and std; the episode's
+   advantage is put on every one of its turns (each turn is its own training sample whose prompt,
+   tool observations included, is masked out of the loss).
+4. **Update.** Turn-samples are re-tokenized from the trajectories (Stage-1 frames re-decoded at
+   their recorded times), packed into token-budget rows (:mod:`sage_fast.rollout.packing`) and run
+   through the policy with the ``sage_varlen`` attention; PPO-clipped loss plus the low-variance
+   KL to the frozen initial model, token-mean over the whole step, one AdamW step under a cosine
+   schedule with 10 % warm-up.
+
+Nothing is lost: every step's trajectories (with rewards and advantages) are written atomically,
+checkpoints (model folder, optimizer, schedule, data cursor, RNG) are renamed into place only when
+complete, and ``train`` resumes from the newest one, redoing at most the step that was cut off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sage_fast.agent.loop import Agent, AgentConfig, default_tools, run_blocking
+from sage_fast.agent.samples import sample_frames, tokenize_sample, turn_samples
+from sage_fast.agent.trajectory import Trajectory, write_jsonl
+from sage_fast.models import packed_attention
+from sage_fast.rl.grpo import (
+    GRPOLossConfig,
+    group_advantages,
+    grpo_loss,
+    packed_token_logprobs,
+    token_advantages,
+)
+from sage_fast.rl.rewards import RewardBreakdown, RewardConfig, episode_reward, turn_cap_for_step
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+@dataclass
+class GRPOConfig:
+    """One GRPO run; the defaults are the paper's (DESIGN.md §2)."""
+
+    output_dir: str = field(default="sage_rl", metadata={"help": "checkpoints, rollouts and metrics go here"})
+    group_size: int = field(default=8, metadata={"help": "episodes per question (the GRPO group)"})
+    prompts_per_step: int = field(default=16, metadata={"help": "questions per optimizer step"})
+    epochs: int = field(default=1, metadata={"help": "passes over the questions"})
+    max_steps: int | None = field(default=None, metadata={"help": "stop after this many steps (None: all epochs)"})
+    learning_rate: float = field(default=1e-6, metadata={"help": "AdamW peak learning rate"})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "share of the steps with linear warm-up"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0: off)"})
+    temperature: float = field(default=0.7, metadata={"help": "rollout sampling temperature"})
+    max_new_tokens: int = field(default=1024, metadata={"help": "tokens per model call in rollouts"})
+    micro_batch_tokens: int = field(default=32768, metadata={
+        "help": "tokens per packed row; a sample longer than this is an error (raise it)"})
+    step_reward: bool = field(default=True, metadata={
+        "help": "ask the judge whether each tool call was reasonable (the ±0.1 step reward)"})
+    save_every: int = field(default=10, metadata={"help": "steps between checkpoints (the last step always)"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "newest checkpoints kept on disk"})
+    seed: int = field(default=0, metadata={"help": "data order and sampling seed"})
+    engine_max_batch: int = field(default=16, metadata={"help": "turns batched into one generate call"})
+    max_seqs: int = field(default=64, metadata={"help": "turns generating at once (scheduler admission)"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "trade compute for activation memory"})
+    loss: GRPOLossConfig = field(default_factory=GRPOLossConfig)
+    rewards: RewardConfig = field(default_factory=RewardConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.loss, dict):
+            self.loss = GRPOLossConfig(**self.loss)
+        if isinstance(self.rewards, dict):
+            self.rewards = RewardConfig(**self.rewards)
+        if self.group_size < 2:
+            raise ValueError(f"group_size must be >= 2 (GRPO compares episodes of one question), got {self.group_size}")
+        for name in ("prompts_per_step", "epochs", "save_every", "keep_checkpoints", "engine_max_batch",
+                     "max_seqs", "max_new_tokens", "micro_batch_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1 or None, got {self.max_steps}")
+        if not (self.learning_rate > 0 and 0 <= self.warmup_ratio < 1 and self.max_grad_norm >= 0):
+            raise ValueError("need learning_rate > 0, 0 <= warmup_ratio < 1 and max_grad_norm >= 0")
+
+
+@dataclass(frozen=True)
+class RLItem:
+    """One training question: what the agent is asked, and the ground truth the judge compares with."""
+
+    id: str
+    video_path: str
+    question: str
+    answer: str
+    options: tuple[str, ...] | None = None
+
+    @classmethod
+    def from_any(cls, item: Any) -> RLItem:
+        """From an eval/RL dataset record (:class:`sage_fast.eval.datasets.EvalItem`) or a mapping."""
+        get = item.get if isinstance(item, dict) else (lambda key, default=None: getattr(item, key, default))
+        missing = [k for k in ("id", "video_path", "question", "answer") if get(k) in (None, "")]
+        if missing:
+            raise ValueError(f"RL item {get('id')!r} lacks {', '.join(missing)}: every question needs an id, "
+                             "a video_path, the question and its ground-truth answer")
+        options = get("options")
+        question = get("prompt") or get("question")  # an EvalItem's prompt carries its lettered options
+        return cls(str(get("id")), str(get("video_path")), str(question), str(get("answer")),
+                   tuple(options) if options else None)
+
+
+@dataclass
+class StepResult:
+    """What one step produced: its episodes (by group), their rewards and the update's statistics."""
+
+    step: int
+    groups: list[list[Trajectory]]
+    rewards: list[list[RewardBreakdown]]
+    stats: dict[str, float]
+
+
+class GRPOTrainer:
+    """``GRPOTrainer(vlm, judge, GRPOConfig(...)).train(items)`` on a local transformers policy.
+
+    ``vlm`` is a :class:`~sage_fast.models.transformers_backend.TransformersVLM`: its model both
+    generates the rollouts and is trained, so rollouts are always on-policy. ``judge`` is a
+    :class:`sage_fast.eval.judge.Judge`. ``tools`` default to the agent's (the policy shared as the
+    tool VLM, as the paper's first runs on one GPU).
+    """
+
+    def __init__(self, vlm: Any, judge: Any, config: GRPOConfig | None = None, *,
+                 agent_config: AgentConfig | None = None, tools: list | None = None,
+                 reference_model: torch.nn.Module | None = None) -> None:
+        self.vlm = vlm
+        self.judge = judge
+        self.config = config or GRPOConfig()
+        agent_config = agent_config or AgentConfig()
+        if agent_config.token_pruning is not None:
+            raise ValueError("AgentConfig.token_pruning must be None for RL: the update re-tokenizes each turn "
+                             "with all its video tokens, so pruned rollouts would train on inputs the policy never saw")
+        self.agent_config = dataclasses.replace(
+            agent_config, sampling=dataclasses.replace(agent_config.sampling, temperature=self.config.temperature,
+                                                       max_tokens=self.config.max_new_tokens))
+        self.tools = tools if tools is not None else default_tools(vlm)
+        self.model: torch.nn.Module = vlm.model
+        self.generate_attention = self.model.config._attn_implementation
+        self.source_folder = Path(getattr(self.model, "name_or_path", "") or ".")
+        self.reference = reference_model
+        if self.reference is None and self.config.loss.kl_coef > 0 and self.config.loss.kl_estimator != "none":
+            self.reference = self._load_reference(self.source_folder)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=self.config.learning_rate,
+                                           weight_decay=self.config.weight_decay)
+        self.scheduler: Any = None
+        self.step = 0
+        self.output = Path(self.config.output_dir)
+        self._frames: dict[tuple, Any] = {}
+
+    # ---- set-up --------------------------------------------------------------------------------
+
+    def _load_reference(self, folder: Path) -> torch.nn.Module:
+        """The frozen initial policy for the KL term (a second copy of the weights)."""
+        from transformers import AutoModelForImageTextToText
+
+        model = AutoModelForImageTextToText.from_pretrained(folder, attn_implementation=packed_attention.ATTN_NAME,
+                                                            dtype=self.model.dtype)
+        return model.to(self.model.device).eval().requires_grad_(False)
+
+    def _schedule(self, total_steps: int) -> None:
+        from transformers import get_cosine_schedule_with_warmup
+
+        self.scheduler = get_cosine_schedule_with_warmup(
+            self.optimizer, num_warmup_steps=int(self.config.warmup_ratio * total_steps),
+            num_training_steps=total_steps)
+
+    def _agent(self, step: int) -> Agent:
+        cap = turn_cap_for_step(step, self.config.rewards)
+        config = dataclasses.replace(self.agent_config, max_stage2_steps=cap)
+        return Agent(self.vlm, tools=self.tools, config=config)
+
+    # ---- one step ------------------------------------------------------------------------------
+
+    async def rollout(self, items: Sequence[RLItem], step: int) -> list[list[Trajectory]]:
+        """``group_size`` episodes of every item, under the scheduler, on the policy."""
+        from sage_fast.rollout import SchedulerConfig
+        from sage_fast.rollout.agent_rollout import run_agent_rollout
+        from sage_fast.rollout.engines import TransformersEngine
+
+        agent = self._agent(step)
+        groups = [[{"video": item.video_path, "question": item.question,
+                    "metadata": {"id": item.id, "ground_truth": item.answer, "rl_step": step}}] * self.config.group_size
+                  for item in items]
+        engine = TransformersEngine(self.vlm, max_batch=self.config.engine_max_batch)
+        self.model.eval()
+        result = await run_agent_rollout(agent, groups, engine, SchedulerConfig(max_seqs=self.config.max_seqs))
+        return result.trajectories
+
+    async def score(self, items: Sequence[RLItem], groups: list[list[Trajectory]]) -> list[list[RewardBreakdown]]:
+        """The judge's verdicts turned into the paper's episode rewards."""
+
+        async def one(item: RLItem, trajectory: Trajectory) -> RewardBreakdown:
+            correct = None
+            if trajectory.answer is not None and not trajectory.could_not_produce:
+                verdict = await self.judge.ajudge_answer(item.question, item.answer, trajectory.answer,
+                                                         options=list(item.options) if item.options else None)
+                correct = verdict.correct
+            steps: list[bool] = []
+            if self.config.step_reward:
+                history: list[dict] = []
+                for call in trajectory.tool_calls:
+                    record = {"name": call.name, "arguments": call.arguments}
+                    steps.append((await self.judge.ajudge_tool_step(item.question, list(history), record)).correct)
+                    history.append({**record, "result": call.result})
+            return episode_reward(trajectory, correct, steps, self.config.rewards)
+
+        jobs = [asyncio.gather(*(one(item, t) for t in group)) for item, group in zip(items, groups, strict=True)]
+        return [list(r) for r in await asyncio.gather(*jobs)]
+
+    def _frames_for(self, sample: Any, trajectory: Trajectory) -> Any:
+        """A Stage-1 sample's frames, decoded once per step for all episodes of one video."""
+        if not sample.has_frames:
+            return None
+        from sage_fast.video import open_video
+
+        reader = open_video(trajectory.video_path, backend=self.agent_config.video_backend)
+        agent_resize = self._agent(self.step).resize
+        size = agent_resize.output_size(reader.metadata.height, reader.metadata.width)
+        key = (trajectory.video_path, sample.frame_pts, size)
+        if key not in self._frames:
+            self._frames[key] = sample_frames(sample, reader, size)
+        return self._frames[key]
+
+    def training_samples(self, groups: list[list[Trajectory]], advantages: torch.Tensor
+                         ) -> tuple[list[dict[str, torch.Tensor]], torch.Tensor]:
+        """Every turn of every episode as a tokenized sample, with its episode's advantage."""
+        samples, sample_advantages, episode = [], [], 0
+        self._frames.clear()
+        for group in groups:
+            for trajectory in group:
+                for sample in turn_samples(trajectory):
+                    samples.append(tokenize_sample(self.vlm, sample, self._frames_for(sample, trajectory)))
+                    sample_advantages.append(float(advantages[episode]))
+                episode += 1
+        self._frames.clear()
+        return samples, torch.tensor(sample_advantages, dtype=torch.float32)
+
+    def advantages(self, groups: list[list[Trajectory]], rewards: list[list[RewardBreakdown]]) -> torch.Tensor:
+        """GRPO advantages, one per episode. An episode that failed for a reason outside the policy
+        (``Trajectory.error``: a video that would not open, an engine that stayed down) is left out
+        of its group's statistics and gets 0: it says nothing about the policy."""
+        totals = [r.total for group in rewards for r in group]
+        failed = [t.error is not None for group in groups for t in group]
+        group_ids = [g for g, group in enumerate(groups) for _ in group]
+        lone = len(groups)
+        for k, is_failed in enumerate(failed):
+            if is_failed:  # a group of its own, of one: advantage 0
+                group_ids[k], lone = lone, lone + 1
+        return group_advantages(torch.tensor(totals, dtype=torch.float32), group_ids, self.config.loss)
+
+    def update(self, groups: list[list[Trajectory]], advantages: torch.Tensor) -> dict[str, float]:
+        """One optimizer step on the step's episodes (failed ones skipped); returns the loss statistics."""
+        stats = self.accumulate_gradients(groups, advantages)
+        stats["lr"] = float(self.optimizer.param_groups[0]["lr"])  # the rate this step used
+        if stats["samples"]:
+            grad_norm = (torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
+                         if self.config.max_grad_norm > 0 else torch.tensor(0.0))
+            self.optimizer.step()
+            stats["grad_norm"] = float(grad_norm)
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return stats
+
+    def accumulate_gradients(self, groups: list[list[Trajectory]], advantages: torch.Tensor) -> dict[str, float]:
+        """The step's loss gradient, accumulated into the parameters' ``.grad`` (no optimizer step):
+        the token-mean GRPO loss over every trained token of the step."""
+        from sage_fast.rollout.packing import pack_samples as plan_micro_batches
+
+        kept = [[t for t in group if t.error is None] for group in groups]
+        live = torch.tensor([t.error is None for group in groups for t in group])
+        samples, sample_advantages = self.training_samples(kept, advantages[live])
+        stats: dict[str, float] = {"samples": float(len(samples))}
+        if not samples:
+            return stats
+        lengths = [int(s["input_ids"].numel()) for s in samples]
+        too_long = [n for n in lengths if n > self.config.micro_batch_tokens]
+        if too_long:
+            raise ValueError(f"a turn-sample has {max(too_long)} tokens, more than micro_batch_tokens="
+                             f"{self.config.micro_batch_tokens}: raise GRPOConfig.micro_batch_tokens")
+        batches = plan_micro_batches(lengths, self.config.micro_batch_tokens, 1)[0]
+        trained = [int((s["labels"][1:] != -100).sum()) for s in samples]  # response tokens per sample
+        total_tokens = max(1, sum(trained))
+        self.model.set_attn_implementation(packed_attention.ATTN_NAME)
+        self.model.train()
+        if self.config.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable()
+        sums: dict[str, float] = {}
+        try:
+            for batch in batches:
+                if batch.indices:
+                    sums = self._micro_batch(batch.indices, samples, sample_advantages, trained, total_tokens, sums)
+        finally:
+            self.model.eval()
+            self.model.set_attn_implementation(self.generate_attention)
+            if self.config.gradient_checkpointing:
+                self.model.gradient_checkpointing_disable()
+        stats.update({k: v / total_tokens for k, v in sums.items()})
+        stats.update(tokens=float(total_tokens), micro_batches=float(len(batches)))
+        return stats
+
+    def _micro_batch(self, indices: list[int], samples: list[dict[str, torch.Tensor]], sample_advantages: torch.Tensor,
+                     trained: list[int], total_tokens: int, sums: dict[str, float]) -> dict[str, float]:
+        """Forward + backward of one packed row, its loss weighted by its share of the step's tokens
+        so the accumulated gradient is the token-mean over the whole step."""
+        device = self.model.device
+        items = [{k: v.to(device) for k, v in samples[i].items()} for i in indices]
+        row = packed_attention.pack_samples(self.model, items)
+        lengths = [int(s["input_ids"].numel()) for s in items]
+        row.update(packed_attention.packed_kwargs(lengths, device))
+        # Log-probabilities of the distribution the rollouts sampled from: logits / temperature (verl).
+        temperature = self.config.temperature
+        logprobs, mask = packed_token_logprobs(self.model, row, temperature=temperature)
+        ref = None
+        if self.reference is not None:
+            with torch.no_grad():
+                ref, _ = packed_token_logprobs(self.reference, row, temperature=temperature)
+        advantages = token_advantages(sample_advantages[indices].to(device), lengths, mask)
+        sample_index = torch.repeat_interleave(torch.arange(len(lengths), device=device),
+                                               torch.tensor(lengths, device=device))
+        # One update per rollout batch: the sampling policy is the current one (ratio 1, clip inert).
+        loss, stats = grpo_loss(logprobs, logprobs.detach(), ref, advantages, mask, self.config.loss,
+                                sample_index=sample_index)
+        share = sum(trained[i] for i in indices) / total_tokens
+        (loss * share).backward()
+        tokens = sum(trained[i] for i in indices)
+        for key, value in stats.items():
+            if key != "tokens":
+                sums[key] = sums.get(key, 0.0) + float(value) * tokens
+        return sums
+
+    # ---- the loop ------------------------------------------------------------------------------
+
+    def train(self, items: Sequence[Any], *, progress: bool = True,
+              on_step: Callable[[StepResult], None] | None = None) -> list[dict[str, float]]:
+        """Runs (or resumes) the whole schedule over ``items``; returns every step's metrics."""
+        items = [RLItem.from_any(item) for item in items]
+        if not items:
+            raise ValueError("no RL items: give at least one question")
+        per_epoch = math.ceil(len(items) / self.config.prompts_per_step)
+        total = min(self.config.max_steps or per_epoch * self.config.epochs, per_epoch * self.config.epochs)
+        self._schedule(total)
+        self.output.mkdir(parents=True, exist_ok=True)
+        self._resume()
+        metrics = self._read_metrics()
+        while self.step < total:
+            epoch, index = divmod(self.step, per_epoch)
+            order = list(range(len(items)))
+            random.Random(self.config.seed + epoch).shuffle(order)
+            batch = [items[i] for i in order[index * self.config.prompts_per_step:(index + 1) * self.config.prompts_per_step]]
+            result = self.train_step(batch)
+            metrics.append({"step": result.step, **result.stats})
+            self._write_metrics(metrics)
+            if progress:
+                s = result.stats
+                print(f"[rl] step {result.step}/{total}: reward {s['reward_mean']:+.3f} "
+                      f"(accuracy {s.get('accuracy', 0):.2f}), loss {s.get('pg_loss', 0):+.4f}, "
+                      f"kl {s.get('kl', 0):.4f}, {s['seconds']:.1f} s", file=sys.stderr, flush=True)
+            if on_step is not None:
+                on_step(result)
+            if self.step % self.config.save_every == 0 or self.step == total:
+                self.save_checkpoint()
+        return metrics
+
+    def train_step(self, items: Sequence[RLItem]) -> StepResult:
+        """Rollout, score, update: one optimizer step on ``items``."""
+        started = time.perf_counter()
+        torch.manual_seed(self.config.seed * 1_000_003 + self.step)
+        groups = run_blocking(self.rollout(items, self.step))
+        rolled = time.perf_counter()
+        rewards = run_blocking(self.score(items, groups))
+        scored = time.perf_counter()
+        advantages = self.advantages(groups, rewards)
+        stats = self.update(groups, advantages)
+        flat = [r for group in rewards for r in group]
+        totals = torch.tensor([r.total for r in flat])
+        answered = [t for group in groups for t in group if t.answer is not None and not t.could_not_produce]
+        stats.update(reward_mean=float(totals.mean()), reward_std=float(totals.std(unbiased=False)),
+                     failed=float(sum(t.error is not None for group in groups for t in group)),
+                     accuracy=sum(r.accuracy > 0 for r in flat) / len(flat),
+                     answered=len(answered) / max(1, len(flat)),
+                     turns=sum(len(t.turns) for group in groups for t in group) / len(flat),
+                     turn_cap=float(turn_cap_for_step(self.step, self.config.rewards)),
+                     rollout_s=rolled - started, judge_s=scored - rolled,
+                     update_s=time.perf_counter() - scored, seconds=time.perf_counter() - started)
+        self._write_rollouts(self.step, groups, rewards, advantages)
+        self.step += 1
+        return StepResult(self.step, groups, rewards, stats)
+
+    # ---- persistence ---------------------------------------------------------------------------
+
+    def _write_rollouts(self, step: int, groups: list[list[Trajectory]], rewards: list[list[RewardBreakdown]],
+                        advantages: torch.Tensor) -> None:
+        """The step's episodes with their rewards, replaced atomically (a redone step overwrites)."""
+        out, k = [], 0
+        for group, group_rewards in zip(groups, rewards, strict=True):
+            for trajectory, reward in zip(group, group_rewards, strict=True):
+                trajectory.metadata.update(reward=reward.to_dict(), advantage=float(advantages[k]), rl_step=step)
+                out.append(trajectory)
+                k += 1
+        write_jsonl(self.output / "rollouts" / f"step-{step:06d}.jsonl", out)
+
+    def _metrics_path(self) -> Path:
+        return self.output / "metrics.jsonl"
+
+    def _read_metrics(self) -> list[dict[str, float]]:
+        path = self._metrics_path()
+        if not path.is_file():
+            return []
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [row for row in rows if row["step"] <= self.step]  # drop steps the resume redoes
+
+    def _write_metrics(self, metrics: list[dict[str, float]]) -> None:
+        _atomic_write_text(self._metrics_path(), "".join(json.dumps(m) + "\n" for m in metrics))
+
+    def checkpoints(self) -> list[Path]:
+        """Complete checkpoints, oldest first (a folder is complete once renamed into place)."""
+        found = [p for p in self.output.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+        return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+    def save_checkpoint(self) -> Path:
+        """``checkpoint-<step>/``: a model folder :class:`TransformersVLM` loads, plus the optimizer,
+        the schedule and the data cursor. Written beside, then renamed into place."""
+        final = self.output / f"checkpoint-{self.step}"
+        partial = self.output / f".checkpoint-{self.step}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        for source in self.source_folder.iterdir() if self.source_folder.is_dir() else []:
+            if source.is_file() and not source.name.endswith(_WEIGHT_SUFFIXES) and "index.json" not in source.name:
+                shutil.copy2(source, partial / source.name)  # processor, chat template, tiny-model note
+        self.model.save_pretrained(partial)
+        self.vlm.tokenizer.save_pretrained(partial)
+        torch.save({"optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                    "torch_rng": torch.get_rng_state()}, partial / "trainer.pt")
+        state = {"step": self.step, "source_model": str(self.source_folder), "config": _jsonable(self.config)}
+        (partial / "trainer_state.json").write_text(json.dumps(state, indent=1))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(partial, final)
+        for old in self.checkpoints()[:-self.config.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def _resume(self) -> None:
+        """Loads the newest complete checkpoint's weights, optimizer, schedule and step, if any."""
+        found = self.checkpoints()
+        if not found:
+            return
+        latest = found[-1]
+        # from_pretrained, not a raw state dict: transformers renames some keys when it saves.
+        saved_model = type(self.model).from_pretrained(latest, dtype=self.model.dtype)
+        self.model.load_state_dict(saved_model.state_dict())
+        del saved_model
+        saved = torch.load(latest / "trainer.pt", map_location="cpu", weights_only=False)
+        self.optimizer.load_state_dict(saved["optimizer"])
+        if self.scheduler is not None and saved["scheduler"] is not None:
+            self.scheduler.load_state_dict(saved["scheduler"])
+        torch.set_rng_state(saved["torch_rng"])
+        self.step = json.loads((latest / "trainer_state.json").read_text())["step"]
+        print(f"[rl] resumed from {latest} (step {self.step})", file=sys.stderr)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+def _jsonable(config: Any) -> Any:
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))

@@ -1,0 +1,199 @@
+"""GRPO trainer: real rollouts of a tiny Qwen-VL policy, the real openai client judging on a local
+stub, the packed update checked against a per-sample REINFORCE gradient, checkpoints and resume."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from sage_fast.agent.loop import AgentConfig, run_blocking
+from sage_fast.agent.samples import IGNORE_INDEX, sample_frames, tokenize_sample, turn_samples
+from sage_fast.agent.trajectory import Trajectory, read_jsonl
+from sage_fast.eval.judge import Judge, JudgeConfig
+from sage_fast.models.base import SamplingConfig
+from sage_fast.models.tiny import build_tiny_model
+from sage_fast.models.transformers_backend import TransformersVLM
+from sage_fast.rl.grpo import GRPOLossConfig
+from sage_fast.rl.trainer import GRPOConfig, GRPOTrainer, RLItem
+from sage_fast.testing import OpenAIStub
+from sage_fast.video import open_video
+from sage_fast.video.synth import IndexedVideoSpec, make_indexed_video
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    root = tmp_path_factory.mktemp("rl")
+    folder = build_tiny_model(root / "tiny", "qwen2_5_vl")
+    video = make_indexed_video(root / "v.mp4", IndexedVideoSpec(num_frames=40, fps=4.0))
+    items = [RLItem(f"q{i}", str(video), f"Which number is shown at second {i}?", str(4 * i)) for i in range(3)]
+    return root, folder, items
+
+
+@pytest.fixture(autouse=True)
+def per_segment_attention(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trainer is under test here, not the Triton kernel (tests/kernels): its per-segment
+    reference path is fast on CPU, where the kernel would run in Triton's interpreter."""
+    monkeypatch.setenv("SAGE_FAST_FORCE_IMPL", "reference")
+
+
+@pytest.fixture()
+def judge():  # noqa: ANN201
+    stub = OpenAIStub()
+    stub.reply = "Reasoning: compared.\nVerdict: True"
+    yield Judge(JudgeConfig(base_url=stub.url, model="judge", timeout_s=10.0)), stub
+    stub.close()
+
+
+def tiny_policy(folder: Path) -> TransformersVLM:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return TransformersVLM(folder)
+
+
+AGENT = AgentConfig(num_frames=4, max_stage2_steps=2, sampling=SamplingConfig(max_tokens=10))
+
+
+def make_trainer(folder: Path, judge: Judge, out: Path, **overrides) -> GRPOTrainer:  # noqa: ANN003
+    settings = dict(group_size=2, prompts_per_step=1, max_new_tokens=10, micro_batch_tokens=4096, save_every=1)
+    config = GRPOConfig(output_dir=str(out), **{**settings, **overrides})
+    return GRPOTrainer(tiny_policy(folder), judge, config, agent_config=AGENT)
+
+
+def reference_gradients(folder: Path, trainer: GRPOTrainer, groups: list[list[Trajectory]],
+                        advantages: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The obviously-right version: every turn-sample on its own through an sdpa copy of the
+    policy; on-policy PPO without KL is REINFORCE on the tempered policy:
+    loss = -sum_s A_s sum_t log softmax(logits / T)_t / tokens."""
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(folder, attn_implementation="sdpa", dtype=torch.float32)
+    model.load_state_dict(trainer.model.state_dict())
+    terms, tokens, episode = [], 0, 0
+    for group in groups:
+        for trajectory in group:
+            reader = open_video(trajectory.video_path)
+            size = trainer._agent(0).resize.output_size(reader.metadata.height, reader.metadata.width)
+            for sample in turn_samples(trajectory):
+                item = tokenize_sample(trainer.vlm, sample, sample_frames(sample, reader, size))
+                batch = {k: (v.unsqueeze(0) if k in ("input_ids", "mm_token_type_ids") else v)
+                         for k, v in item.items() if k != "labels"}
+                logits = model(**batch).logits[0, :-1].float() / trainer.config.temperature  # sampled at T
+                targets = item["labels"][1:]
+                keep = targets != IGNORE_INDEX
+                logp = torch.log_softmax(logits, -1)[keep].gather(-1, targets[keep].unsqueeze(-1)).squeeze(-1)
+                terms.append(-float(advantages[episode]) * logp.sum())
+                tokens += int(keep.sum())
+            episode += 1
+    (torch.stack(terms).sum() / tokens).backward()
+    return {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+
+
+def test_packed_update_is_the_per_sample_policy_gradient(world, judge, tmp_path: Path) -> None:  # noqa: ANN001
+    _, folder, items = world
+    judge_, _ = judge
+    trainer = make_trainer(folder, judge_, tmp_path / "run", loss=GRPOLossConfig(kl_estimator="none", kl_coef=0.0),
+                           micro_batch_tokens=4096)
+    groups = run_blocking(trainer.rollout(items[:2], 0))
+    assert [len(g) for g in groups] == [2, 2] and all(t.error is None for g in groups for t in g)
+    assert all(t.turns[0].stage == "stage1" and t.turns[0].frames == 4 for g in groups for t in g)
+    advantages = torch.tensor([1.0, -0.5, 0.25, -2.0])
+    want = reference_gradients(folder, trainer, groups, advantages)
+    stats = trainer.accumulate_gradients(groups, advantages)
+    assert stats["micro_batches"] >= 2  # the Stage-1 samples alone exceed one row's budget
+    got = {name: p.grad for name, p in trainer.model.named_parameters() if p.grad is not None}
+    assert set(got) == set(want)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], atol=2e-5, rtol=1e-4, msg=name)
+
+
+def test_failed_episodes_get_no_advantage_and_no_samples(world, judge, tmp_path: Path) -> None:  # noqa: ANN001
+    _, folder, items = world
+    trainer = make_trainer(folder, judge[0], tmp_path / "run")
+    from sage_fast.rl.rewards import RewardBreakdown
+
+    ok = Trajectory(video_path=items[0].video_path, question="q")
+    failed = Trajectory(video_path=items[0].video_path, question="q", error="OSError: engine down")
+    groups = [[ok, failed, ok]]
+    rewards = [[RewardBreakdown(accuracy=1.0), RewardBreakdown(accuracy=-0.5), RewardBreakdown(accuracy=0.0)]]
+    advantages = trainer.advantages(groups, rewards)
+    assert advantages[1] == 0
+    # the other two are normalised against each other only: +-1/sqrt(2) with the unbiased std
+    torch.testing.assert_close(advantages[[0, 2]], torch.tensor([0.5, -0.5]) / (0.5 ** 0.5 + 1e-6))
+
+
+def test_train_checkpoints_and_resumes(world, judge, tmp_path: Path) -> None:  # noqa: ANN001
+    _, folder, items = world
+    judge_, stub = judge
+    out = tmp_path / "run"
+    trainer = make_trainer(folder, judge_, out, max_steps=2, learning_rate=1e-3)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    metrics = trainer.train(items, progress=False)
+    assert [m["step"] for m in metrics] == [1, 2]
+    assert all(m["turn_cap"] == 5 for m in metrics)  # the paper's early cap
+    assert [p.name for p in trainer.checkpoints()] == ["checkpoint-1", "checkpoint-2"]
+    rows = list(read_jsonl(out / "rollouts" / "step-000001.jsonl"))
+    assert len(rows) == 2 and all({"reward", "advantage", "rl_step"} <= set(r.metadata) for r in rows)
+    assert all(abs(sum(r.metadata["reward"][k] for k in ("format", "tool_repeat", "invalid_args", "tool_step",
+                                                          "accuracy")) - r.metadata["reward"]["total"]) < 1e-9
+               for r in rows)
+    # A checkpoint is a model folder the agent loads as it is.
+    reloaded = tiny_policy(out / "checkpoint-2")
+    for name, tensor in reloaded.model.state_dict().items():
+        torch.testing.assert_close(tensor, trainer.model.state_dict()[name])
+    changed = any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    assert changed == any(m.get("grad_norm", 0) > 0 for m in metrics)
+
+    # A run cut off while writing step 3's checkpoint resumes from step 2.
+    (out / ".checkpoint-3.partial").mkdir()
+    resumed = make_trainer(folder, judge_, out, max_steps=3, learning_rate=1e-3)
+    assert resumed.step == 0
+    metrics = resumed.train(items, progress=False)
+    assert [m["step"] for m in metrics] == [1, 2, 3]
+    assert json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())["step"] == 3
+    assert [p.name for p in resumed.checkpoints()] == ["checkpoint-2", "checkpoint-3"]  # keep_checkpoints=2
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_config_and_item_errors_name_the_fix(world, judge) -> None:  # noqa: ANN001
+    _, folder, _ = world
+    with pytest.raises(ValueError, match="group_size"):
+        GRPOConfig(group_size=1)
+    with pytest.raises(ValueError, match="ground-truth answer"):
+        RLItem.from_any({"id": "x", "video_path": "v.mp4", "question": "q"})
+    from sage_fast.models.token_pruning import TokenPruningConfig
+
+    with pytest.raises(ValueError, match="token_pruning"):
+        GRPOTrainer(tiny_policy(folder), judge[0], GRPOConfig(),
+                    agent_config=AgentConfig(token_pruning=TokenPruningConfig(keep_ratio=0.5)))
+
+
+def test_rl_command_runs_resumes_and_explains_bad_input(world, judge, tmp_path: Path, capsys,  # noqa: ANN001
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from sage_fast.cli.main import main
+
+    root, folder, items = world
+    monkeypatch.setenv("SAGE_FAST_CACHE", str(root / "cache"))
+    data = tmp_path / "rl.jsonl"
+    data.write_text("".join(json.dumps({"id": i.id, "question": i.question, "answer": i.answer,
+                                        "video_path": i.video_path}) + "\n" for i in items))
+    out = tmp_path / "run"
+    argv = ["rl", str(data), "--model", "tiny", "--judge", judge[1].url, "--judge-model", "judge", "--out", str(out),
+            "--group-size", "2", "--prompts-per-step", "2", "--num-frames", "4", "--max-new-tokens", "8"]
+    assert main([*argv, "--steps", "1"]) == 0
+    assert "done: 1 steps" in capsys.readouterr().out
+    assert (out / "checkpoint-1" / "trainer_state.json").is_file()
+    assert main([*argv, "--steps", "2"]) == 0  # resumes at step 1, runs step 2 (the last: 3 questions, 2 a step)
+    captured = capsys.readouterr()
+    assert "resumed from" in captured.err and "done: 2 steps" in captured.out
+    assert main([*argv, "--print-config"]) == 0
+    printed = capsys.readouterr().out
+    assert "group_size: 2" in printed and f"base_url: {judge[1].url}" in printed
+
+    assert main(["rl", str(data), "--model", "tiny", "--out", str(out)]) == 1
+    assert "give the judge" in capsys.readouterr().err
+    assert main(["rl", str(data), "--model", "tiny", "--judge", judge[1].url, "--group-size", "1"]) == 1
+    assert "group_size must be >= 2" in capsys.readouterr().err

@@ -36,15 +36,16 @@ class TurnSample:
         return bool(self.frame_pts)
 
 
+def frame_pts(messages: list[dict[str, Any]]) -> tuple[float, ...]:
+    """The times of the frames a prompt refers to (its ``{"type": "frame", "pts": s}`` parts)."""
+    return tuple(float(part["pts"]) for message in messages if isinstance(message["content"], list)
+                 for part in message["content"] if part.get("type") == "frame")
+
+
 def turn_samples(trajectory: Trajectory) -> list[TurnSample]:
     """Every turn of ``trajectory`` as a sample, in order."""
-    samples = []
-    for turn in trajectory.turns:
-        pts = tuple(float(part["pts"]) for message in turn.messages if isinstance(message["content"], list)
-                    for part in message["content"] if part.get("type") == "frame")
-        samples.append(TurnSample(stage=turn.stage, step=turn.step, messages=turn.messages,
-                                  response=turn.raw_output, frame_pts=pts))
-    return samples
+    return [TurnSample(stage=turn.stage, step=turn.step, messages=turn.messages, response=turn.raw_output,
+                       frame_pts=frame_pts(turn.messages)) for turn in trajectory.turns]
 
 
 def sample_frames(sample: TurnSample, reader: Any, size: tuple[int, int]) -> FrameBatch | None:

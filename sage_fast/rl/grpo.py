@@ -17,6 +17,7 @@ tokens (verl does the same) so the step's gradient is the mean over all its toke
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -217,6 +218,11 @@ def packed_token_logprobs(model: torch.nn.Module, row: dict[str, torch.Tensor], 
     per sample, vision inputs). The labels stay out of the forward, so transformers computes no
     loss of its own (nor its (T, V) float32 upcast); no KV cache is built. Needs a model whose
     attention splits packed rows (``sage_varlen`` or ``flash_attention_2``).
+
+    Only the positions that predict a trained token go through the LM head (transformers'
+    ``logits_to_keep`` with a boolean mask). SAGE's samples are nearly all prompt: a Stage-1
+    sample is ~24k tokens of frames and text for a few hundred response tokens, so full logits
+    (24k x 152k vocab, 7.3 GB in bf16 for Qwen3-VL) shrink to the response's (~0.1 GB).
     """
     for key in ("input_ids", "labels"):
         if key not in row:
@@ -226,9 +232,21 @@ def packed_token_logprobs(model: torch.nn.Module, row: dict[str, torch.Tensor], 
         raise ValueError(f"row['input_ids'] must be one packed row (1, total), got shape {tuple(ids.shape)}")
     _check_shape("row['labels']", row["labels"], tuple(ids.shape), "(1, total)")
     inputs = {key: value for key, value in row.items() if key != "labels"}
-    logits = model(**inputs, use_cache=False).logits
-    logprobs, mask = token_logprobs(logits[0], row["labels"][0], chunk_size=chunk_size, temperature=temperature)
-    return logprobs, mask
+    labels = row["labels"][0]
+    if "logits_to_keep" not in inspect.signature(model.forward).parameters:  # a model without the option
+        logits = model(**inputs, use_cache=False).logits
+        return token_logprobs(logits[0], labels, chunk_size=chunk_size, temperature=temperature)
+    if chunk_size < 1 or not temperature > 0:
+        raise ValueError(f"chunk_size must be >= 1 and temperature > 0, got {chunk_size}, {temperature}")
+    mask = labels != IGNORE_INDEX
+    mask[0] = False
+    predicts = torch.zeros_like(mask)  # position t predicts labels[t + 1]
+    predicts[:-1] = mask[1:]
+    logits = model(**inputs, use_cache=False, logits_to_keep=predicts.unsqueeze(0)).logits
+    logits = logits.reshape(-1, logits.shape[-1])  # (trained tokens, V), in position order
+    chosen = _LabelLogprob.apply(logits, labels[mask], int(chunk_size), 1.0 / float(temperature))
+    logprobs = torch.zeros(labels.shape, dtype=chosen.dtype, device=chosen.device)
+    return logprobs.masked_scatter(mask, chosen), mask
 
 
 # ---- the loss ------------------------------------------------------------------------------------

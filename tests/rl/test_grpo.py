@@ -274,7 +274,14 @@ def test_packed_logprobs_and_loss_gradient_match_samples_one_by_one(models, monk
     lengths, prompts = [17, 9, 24], [6, 3, 10]
     samples = text_samples(packed.config, lengths, prompts)
     row = pack_samples(packed, samples)
-    logprobs, mask = packed_token_logprobs(packed, row)
+    head_rows: list[int] = []  # the LM head must see only the positions that predict a trained token
+    hook = packed.lm_head.register_forward_hook(lambda _m, args, _o: head_rows.append(args[0].reshape(
+        -1, args[0].shape[-1]).shape[0]))
+    try:
+        logprobs, mask = packed_token_logprobs(packed, row)
+    finally:
+        hook.remove()
+    assert head_rows == [sum(n - p for n, p in zip(lengths, prompts, strict=True))]
     assert logprobs.shape == mask.shape == (sum(lengths),)
     pieces, masks = [], []
     for sample in samples:

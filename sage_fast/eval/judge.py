@@ -20,12 +20,17 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sage_fast.tools.retry import RetryPolicy, call_with_retries, http_status, is_transient
+from sage_fast.tools.retry import (
+    RetryPolicy,
+    acall_with_retries,
+    call_with_retries,
+    http_status,
+    is_transient,
+)
 
 ANSWER_SYSTEM = ("You grade answers to questions about videos. You compare a model's prediction with the "
                  "ground truth and decide whether both say the same thing.")
@@ -254,7 +259,7 @@ class Judge:
         client, gate = self._loop_state()
         async with gate:
             try:
-                reply = await _acall_with_retries(lambda: self._acomplete(client, system, prompt), self.config.retry)
+                reply = await acall_with_retries(lambda: self._acomplete(client, system, prompt), self.config.retry)
             except Exception as exc:
                 raise self._failure(exc) from exc
         return await asyncio.to_thread(self._verdict, key, reply)
@@ -301,16 +306,3 @@ class Judge:
             fix = "check the judge URL and model"
         return RuntimeError(f"{where}: {type(exc).__name__}"
                             + (f" (HTTP {status})" if status is not None else "") + f": {exc}; {fix}")
-
-
-async def _acall_with_retries(fn: Callable[[], Awaitable[str]], policy: RetryPolicy) -> str:
-    """:func:`sage_fast.tools.retry.call_with_retries` for coroutines: same policy, same notion of
-    transient, but the wait does not block the event loop."""
-    for attempt in range(1, policy.attempts + 1):
-        try:
-            return await fn()
-        except Exception as exc:
-            if attempt == policy.attempts or not is_transient(exc):
-                raise
-            await asyncio.sleep(policy.delay(attempt))
-    raise AssertionError("unreachable")  # pragma: no cover

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from sage_fast.models.base import Generation, SamplingConfig
 from sage_fast.models.openai_compatible import choice_logprobs, openai_content
+from sage_fast.tools.retry import RetryPolicy, acall_with_retries, is_transient
 from sage_fast.video.types import FrameBatch
 
 
@@ -41,23 +42,6 @@ class Engine(Protocol):
 
 class EngineError(RuntimeError):
     """The engine failed for good (retries exhausted, or an error no retry can fix)."""
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential back-off with full jitter for transient failures (5xx, 429, dropped connections,
-    time-outs). The jitter is seeded so a test run is repeatable."""
-
-    max_attempts: int = 5
-    base_s: float = 0.5
-    max_s: float = 30.0
-    seed: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
-        if self.base_s < 0 or self.max_s < self.base_s:
-            raise ValueError(f"need 0 <= base_s <= max_s, got {self.base_s}, {self.max_s}")
 
 
 class OpenAIEngine:
@@ -102,22 +86,22 @@ class OpenAIEngine:
                     for m in request.messages]
         s = request.sampling
         started = time.perf_counter()
-        for attempt in range(self.retry.max_attempts):
+        def count_retry(_attempt: int, _exc: BaseException) -> None:
+            self.retries += 1
+
+        async def attempt() -> Any:
             self.attempts += 1
-            try:
-                response = await self._client.chat.completions.create(
-                    model=self.model, messages=messages, temperature=s.temperature, top_p=s.top_p,
-                    max_tokens=s.max_tokens, seed=s.seed, **({"logprobs": True} if s.logprobs else {}))
-                break
-            except Exception as exc:
-                if not self._transient(exc):
-                    raise EngineError(f"{self.name}: {type(exc).__name__}: {exc}") from exc
-                if attempt + 1 == self.retry.max_attempts:
-                    raise EngineError(f"{self.name}: gave up after {attempt + 1} attempts; last error "
-                                      f"{type(exc).__name__}: {exc}") from exc
-                self.retries += 1
-                delay = min(self.retry.max_s, self.retry.base_s * 2 ** attempt)
-                await asyncio.sleep(self._rng.uniform(0, delay))
+            return await self._client.chat.completions.create(
+                model=self.model, messages=messages, temperature=s.temperature, top_p=s.top_p,
+                max_tokens=s.max_tokens, seed=s.seed, **({"logprobs": True} if s.logprobs else {}))
+
+        tries_before = self.attempts
+        try:
+            response = await acall_with_retries(attempt, self.retry, rng=self._rng, on_retry=count_retry)
+        except Exception as exc:
+            tries = self.attempts - tries_before
+            detail = f"gave up after {tries} attempts; last error " if is_transient(exc) else ""
+            raise EngineError(f"{self.name}: {detail}{type(exc).__name__}: {exc}") from exc
         usage = response.usage
         choice = response.choices[0]
         return Generation(text=choice.message.content or "",

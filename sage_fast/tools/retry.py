@@ -7,9 +7,10 @@ only burns the episode's time-out.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -24,6 +25,7 @@ class RetryPolicy:
     base_delay_s: float = field(default=1.0, metadata={"help": "wait before the second try"})
     max_delay_s: float = field(default=30.0, metadata={"help": "longest wait between tries"})
     jitter: float = field(default=0.25, metadata={"help": "relative random spread of each wait"})
+    seed: int | None = field(default=None, metadata={"help": "seed of the jitter, for repeatable runs (None: random)"})
 
     def __post_init__(self) -> None:
         if self.attempts < 1:
@@ -53,10 +55,10 @@ def http_status(exc: BaseException) -> int | None:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """True for failures a later try may not repeat: the network, a server's 429 or 5xx."""
+    """True for failures a later try may not repeat: the network, a server's 408, 409, 429 or 5xx."""
     status = http_status(exc)
-    if status is not None:
-        return status == 429 or status >= 500
+    if status is not None:  # the statuses the openai client itself retries
+        return status in (408, 409, 429) or status >= 500
     if isinstance(exc, (ConnectionError, TimeoutError)):
         return True
     try:
@@ -92,4 +94,20 @@ def call_with_retries(fn: Callable[[], T], policy: RetryPolicy, *, deadline: flo
             if on_retry is not None:
                 on_retry(attempt, exc)
             sleep(wait)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def acall_with_retries(fn: Callable[[], Awaitable[T]], policy: RetryPolicy, *, rng: random.Random | None = None,
+                             on_retry: Callable[[int, BaseException], None] | None = None) -> T:
+    """:func:`call_with_retries` for coroutines: the same policy and notion of transient, and the
+    wait does not block the event loop. ``rng`` draws the jitter (seed it for repeatable runs)."""
+    for attempt in range(1, policy.attempts + 1):
+        try:
+            return await fn()
+        except Exception as exc:
+            if attempt == policy.attempts or not is_transient(exc):
+                raise
+            if on_retry is not None:
+                on_retry(attempt, exc)
+            await asyncio.sleep(policy.delay(attempt, rng))
     raise AssertionError("unreachable")  # pragma: no cover

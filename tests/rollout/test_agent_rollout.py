@@ -53,7 +53,7 @@ def test_agent_episodes_run_under_the_scheduler(faulty_openai, video: Path, tmp_
     faulty_openai.faults = ["502"]
     agent = Agent(OpenAICompatible(faulty_openai.url, "stub", max_retries=0),
                   config=AgentConfig(work_dir=str(tmp_path / "work"), num_frames=8, max_stage2_steps=2))
-    engine = OpenAIEngine(faulty_openai.url, "stub", retry=RetryPolicy(base_s=0.01, seed=0))
+    engine = OpenAIEngine(faulty_openai.url, "stub", retry=RetryPolicy(base_delay_s=0.01, seed=0))
     groups = [[{"video": video, "question": "What number?"}, {"video": video, "question": "never mind"}],
               [{"video": video, "question": "Which number?"}, {"video": tmp_path / "missing.mp4", "question": "x"}]]
     handed: list[int] = []

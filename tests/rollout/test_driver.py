@@ -41,7 +41,7 @@ def test_rollout_survives_hung_tool_failing_episode_and_5xx(faulty_openai, tools
         ([TOOL, TOOL, ANS], [0.01, 0.01, 0]),  # raises at its second turn
         ([ANS], [0]),
     ], {4: {"fail_at_turn": 1}})
-    engine = OpenAIEngine(faulty_openai.url, "stub", retry=RetryPolicy(base_s=0.01, seed=0))
+    engine = OpenAIEngine(faulty_openai.url, "stub", retry=RetryPolicy(base_delay_s=0.01, seed=0))
     handed: list[tuple[int, list[int]]] = []
     config = SchedulerConfig(max_seqs=4, max_tokens=100_000, max_turns=3, tool_timeout=1.0)
 
@@ -69,7 +69,7 @@ def test_rollout_survives_hung_tool_failing_episode_and_5xx(faulty_openai, tools
 def test_engine_failure_fails_one_episode_and_episode_timeout(faulty_openai, tools) -> None:  # noqa: ANN001
     faulty_openai.faults = ["503"]
     eps = episodes(tools, [([TOOL, ANS], [0.01, 0]), ([TOOL, ANS], [0.01, 0]), ([TOOL, ANS], [4.0, 0])])
-    engine = OpenAIEngine(faulty_openai.url, "stub", retry=RetryPolicy(max_attempts=1, seed=0))
+    engine = OpenAIEngine(faulty_openai.url, "stub", retry=RetryPolicy(attempts=1, seed=0))
     config = SchedulerConfig(max_seqs=1, max_turns=3, episode_timeout=2.0)
 
     async def main():  # noqa: ANN202
@@ -87,7 +87,7 @@ def test_engine_failure_fails_one_episode_and_episode_timeout(faulty_openai, too
 def test_lockstep_does_the_same_work(faulty_openai, tools) -> None:  # noqa: ANN001
     scripts = [([TOOL, TOOL, ANS], [0.02, 0.01, 0]), ([CONT, TOOL, TOOL, ANS], [0, 0.01, 2.0, 0]),
                ([ANS], [0]), ([TOOL, TOOL, TOOL, TOOL], [0.01] * 4)]
-    engine = OpenAIEngine(faulty_openai.url, "stub", retry=RetryPolicy(base_s=0.01, seed=0))
+    engine = OpenAIEngine(faulty_openai.url, "stub", retry=RetryPolicy(base_delay_s=0.01, seed=0))
     config = SchedulerConfig(max_seqs=8, max_turns=4, tool_timeout=0.8)
 
     async def main():  # noqa: ANN202

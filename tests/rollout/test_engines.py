@@ -20,7 +20,7 @@ REQUEST = GenerationRequest(messages=[{"role": "user", "content": "hello"}], sam
 
 def test_openai_engine_retries_5xx_and_dropped_connections(faulty_openai) -> None:  # noqa: ANN001
     faulty_openai.faults = ["500", "drop", "503"]
-    engine = OpenAIEngine(faulty_openai.url, "stub-model", retry=RetryPolicy(max_attempts=4, base_s=0.01, seed=0))
+    engine = OpenAIEngine(faulty_openai.url, "stub-model", retry=RetryPolicy(attempts=4, base_delay_s=0.01, seed=0))
 
     async def main():  # noqa: ANN202
         try:
@@ -38,7 +38,7 @@ def test_openai_engine_retries_5xx_and_dropped_connections(faulty_openai) -> Non
 def test_openai_engine_gives_up_and_does_not_retry_client_errors(faulty_openai) -> None:  # noqa: ANN001
     async def run(faults: list[str]) -> OpenAIEngine:
         faulty_openai.faults = faults
-        engine = OpenAIEngine(faulty_openai.url, "stub-model", retry=RetryPolicy(max_attempts=2, base_s=0.01, seed=0))
+        engine = OpenAIEngine(faulty_openai.url, "stub-model", retry=RetryPolicy(attempts=2, base_delay_s=0.01, seed=0))
         try:
             await engine.generate(REQUEST)
         finally:
@@ -54,7 +54,7 @@ def test_openai_engine_gives_up_and_does_not_retry_client_errors(faulty_openai) 
 
 
 def test_openai_engine_keeps_many_requests_in_flight(faulty_openai) -> None:  # noqa: ANN001
-    engine = OpenAIEngine(faulty_openai.url, "stub-model", retry=RetryPolicy(base_s=0.01, seed=0))
+    engine = OpenAIEngine(faulty_openai.url, "stub-model", retry=RetryPolicy(base_delay_s=0.01, seed=0))
 
     async def main():  # noqa: ANN202
         try:
@@ -91,7 +91,7 @@ def test_transformers_engine_batches_and_matches_unbatched_greedy(tiny_model_dir
 
 
 def test_openai_engine_returns_logprobs_when_asked(faulty_openai) -> None:  # noqa: ANN001
-    engine = OpenAIEngine(faulty_openai.url, "stub-model", retry=RetryPolicy(base_s=0.01, seed=0))
+    engine = OpenAIEngine(faulty_openai.url, "stub-model", retry=RetryPolicy(base_delay_s=0.01, seed=0))
     faulty_openai.reply = "two words"
     asked = GenerationRequest(messages=[{"role": "user", "content": "q"}],
                               sampling=SamplingConfig(max_tokens=8, logprobs=True))

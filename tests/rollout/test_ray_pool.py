@@ -25,7 +25,7 @@ def test_pool_runs_groups_on_their_workers_endpoints(local_ray, tmp_path, make_f
     servers = [make_faulty_openai(), make_faulty_openai()]
     servers[0].reply, servers[1].reply = "from endpoint A", "from endpoint B"
     servers[1].faults = ["503"]  # retried inside worker 1
-    specs = [EngineSpec("openai", {"base_url": s.url, "model": "stub", "retry": RetryPolicy(base_s=0.01, seed=0)})
+    specs = [EngineSpec("openai", {"base_url": s.url, "model": "stub", "retry": RetryPolicy(base_delay_s=0.01, seed=0)})
              for s in servers]
     factory = ScriptedEpisodeFactory(work_dir=str(tmp_path), max_tokens=8)
     groups = [[(g * 3 + i, [TOOL] * (i + 1) + [ANS], [0.02] * (i + 2)) for i in range(3)] for g in range(5)]

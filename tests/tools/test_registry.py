@@ -218,3 +218,40 @@ def test_acall_keeps_the_event_loop_free(video: Path, tmp_path: Path) -> None:
     result, ticks, hung = asyncio.run(main())
     assert result == "done" and ticks == ["tick0", "tick1", "tick2"]
     assert "timed out after 0.2 s" in hung
+
+
+@pytest.mark.parametrize(("status", "transient"), [(400, False), (401, False), (404, False), (408, True),
+                                                   (409, True), (429, True), (500, True), (503, True)])
+def test_transient_statuses_are_the_openai_clients(status: int, transient: bool) -> None:
+    request = httpx.Request("POST", "http://example.com")
+    error = httpx.HTTPStatusError(str(status), request=request, response=httpx.Response(status, request=request))
+    assert is_transient(error) is transient
+
+
+def test_async_retries_follow_the_same_policy() -> None:
+    import asyncio
+    import random
+
+    from sage_fast.tools.retry import acall_with_retries
+
+    calls, retried = [], []
+
+    async def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionError("reset")
+        return "ok"
+
+    policy = RetryPolicy(attempts=3, base_delay_s=0.001, seed=0)
+    assert asyncio.run(acall_with_retries(flaky, policy, rng=random.Random(0),
+                                          on_retry=lambda k, e: retried.append(k))) == "ok"
+    assert len(calls) == 3 and retried == [1, 2]
+
+    async def bad_request() -> str:
+        calls.append(1)
+        raise ValueError("not transient")
+
+    calls.clear()
+    with pytest.raises(ValueError):
+        asyncio.run(acall_with_retries(bad_request, policy))
+    assert len(calls) == 1

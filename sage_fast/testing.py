@@ -121,10 +121,25 @@ class OpenAIStub:
         self._server.server_close()
 
 
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(word.title() for word in rest)
+
+
 class GeminiStub:
     """A local Gemini API server: answers ``POST /v1beta/models/{model}:generateContent`` with
     scripted texts (or scripted HTTP errors), keeping every request, so google-genai's real client
-    is what the tests exercise."""
+    is what the tests exercise.
+
+    It also serves the Files API as the client drives it: the resumable upload (``POST
+    /upload/{version}/files`` with ``X-Goog-Upload-Command: start`` answers an ``x-goog-upload-url``;
+    the bytes follow in ``upload`` / ``upload, finalize`` chunks), ``GET /{version}/files/{id}`` (the
+    state is ``PROCESSING`` for the first ``file_processing_polls`` reads of each file, then
+    ``ACTIVE``, or ``file_final_state``) and ``DELETE /{version}/files/{id}``. Finished uploads are kept
+    in ``uploads`` (name, mime_type, display_name, data); file reads and deletions in ``file_gets``
+    and ``deleted``. Files API calls are not counted in ``requests`` / ``paths``, which stay the
+    generateContent calls (and other JSON posts) as before.
+    """
 
     def __init__(self) -> None:
         import json
@@ -136,17 +151,109 @@ class GeminiStub:
         self.requests: list[dict] = []
         self.paths: list[str] = []
         self.headers: list[dict] = []
+        self.uploads: list[dict] = []  # finished uploads: name, mime_type, display_name, data
+        self.file_gets: list[str] = []  # names read with GET /{version}/files/{id}
+        self.deleted: list[str] = []  # names deleted
+        self.file_processing_polls = 0  # reads of each new file that still answer PROCESSING
+        self.file_final_state = "ACTIVE"  # the state after those reads ("FAILED" to test failures)
+        self._sessions: dict[str, dict] = {}  # resumable uploads in progress, by upload id
+        self._files: dict[str, dict] = {}  # uploaded files by name, with their remaining PROCESSING reads
+        self._files_lock = threading.Lock()
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args: object) -> None:
                 pass
 
-            def _send(self, status: int, body: dict) -> None:
-                send_json(self, status, body)
+            def _send(self, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
+                if not headers:
+                    send_json(self, status, body)
+                    return
+                payload = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def _file_name(self) -> str | None:
+                """``files/{id}`` for a Files API path, else None."""
+                path = self.path.split("?")[0]
+                marker = "/files/"
+                if marker not in path or path.startswith("/upload/"):
+                    return None
+                return "files/" + path.split(marker, 1)[1]
+
+            def do_GET(self) -> None:  # noqa: N802
+                name = self._file_name()
+                with stub._files_lock:
+                    entry = stub._files.get(name) if name else None
+                    if entry is not None:
+                        stub.file_gets.append(name)
+                        if entry["polls_left"] > 0:
+                            entry["polls_left"] -= 1
+                            state = "PROCESSING"
+                        else:
+                            state = stub.file_final_state
+                        resource = {**entry["resource"], "state": state}
+                if entry is None:
+                    self._send(404, {"error": {"code": 404, "message": f"stub: no file {name}", "status": "NOT_FOUND"}})
+                    return
+                self._send(200, resource)
+
+            def do_DELETE(self) -> None:  # noqa: N802
+                name = self._file_name()
+                with stub._files_lock:
+                    found = name is not None and stub._files.pop(name, None) is not None
+                    if found:
+                        stub.deleted.append(name)
+                if not found:
+                    self._send(404, {"error": {"code": 404, "message": f"stub: no file {name}", "status": "NOT_FOUND"}})
+                    return
+                self._send(200, {})
+
+            def _upload(self, raw: bytes) -> None:
+                """One step of google-genai's resumable upload protocol."""
+                command = self.headers.get("X-Goog-Upload-Command", "")
+                query = dict(part.split("=", 1) for part in self.path.partition("?")[2].split("&") if "=" in part)
+                if command == "start":
+                    spec = (json.loads(raw) if raw else {}).get("file") or {}
+                    spec = {_camel(k): v for k, v in spec.items()}  # the client sends snake_case
+                    with stub._files_lock:
+                        upload_id = str(len(stub._sessions) + 1)
+                        version = self.path.split("?")[0].split("/")[2]  # /upload/{version}/files
+                        stub._sessions[upload_id] = {"spec": spec, "data": b"", "version": version,
+                                                     "mime_type": self.headers.get("X-Goog-Upload-Header-Content-Type",
+                                                                                   spec.get("mimeType", ""))}
+                    url = f"{stub.url}/upload/{version}/files?upload_id={upload_id}&upload_protocol=resumable"
+                    self._send(200, {}, {"x-goog-upload-url": url, "x-goog-upload-status": "active"})
+                    return
+                with stub._files_lock:
+                    session = stub._sessions.get(query.get("upload_id", ""))
+                    if session is None:
+                        self._send(404, {"error": {"code": 404, "message": "stub: no such upload", "status": "NOT_FOUND"}})
+                        return
+                    session["data"] += raw
+                    if "finalize" not in command:
+                        self._send(200, {}, {"x-goog-upload-status": "active"})
+                        return
+                    name = session["spec"].get("name") or f"files/stub{len(stub.uploads) + 1}"
+                    resource = {"name": name, "displayName": session["spec"].get("displayName"),
+                                "mimeType": session["mime_type"], "sizeBytes": str(len(session["data"])),
+                                "uri": f"{stub.url}/{session['version']}/{name}", "state": "PROCESSING"}
+                    resource = {k: v for k, v in resource.items() if v is not None}
+                    stub._files[name] = {"resource": resource, "polls_left": stub.file_processing_polls}
+                    stub.uploads.append({"name": name, "mime_type": session["mime_type"],
+                                         "display_name": session["spec"].get("displayName"), "data": session["data"]})
+                self._send(200, {"file": resource}, {"x-goog-upload-status": "final"})
 
             def do_POST(self) -> None:  # noqa: N802
                 raw = self.rfile.read(int(self.headers["Content-Length"]))
+                if self.path.startswith("/upload/"):
+                    self._upload(raw)
+                    return
                 stub.paths.append(self.path)
                 stub.headers.append({k.lower(): v for k, v in self.headers.items()})
                 stub.requests.append(json.loads(raw))

@@ -9,12 +9,12 @@ never as pixels, so a trajectory stays a few kilobytes.
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
+
+from sage_fast.jsonl import append_lines, read_lines, write_lines
 
 Stage = Literal["stage1", "stage2"]
 COULD_NOT_PRODUCE = "Could not produce an answer within the step limit."
@@ -126,40 +126,16 @@ def _turn_from_dict(data: dict[str, Any]) -> Turn:
 def append_jsonl(path: str | Path, trajectories: Iterable[Trajectory]) -> None:
     """Appends one line per trajectory, flushed and fsynced: a crash loses at most the line
     being written, which :func:`read_jsonl` skips, so long runs resume where they stopped."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as handle:
-        for trajectory in trajectories:
-            handle.write(json.dumps(trajectory.to_dict(), ensure_ascii=False) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    append_lines(path, (t.to_dict() for t in trajectories))
 
 
 def write_jsonl(path: str | Path, trajectories: Iterable[Trajectory]) -> None:
     """Replaces ``path`` atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    with open(partial, "w", encoding="utf-8") as handle:
-        for trajectory in trajectories:
-            handle.write(json.dumps(trajectory.to_dict(), ensure_ascii=False) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
+    write_lines(path, (t.to_dict() for t in trajectories))
 
 
 def read_jsonl(path: str | Path) -> Iterator[Trajectory]:
     """Reads trajectories back; a torn last line (a crash mid-write) is skipped, any other bad
     line is an error that names the file and line."""
-    path = Path(path)
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if number == len(lines):
-                return  # the line a crash cut short
-            raise ValueError(f"{path}:{number}: not a JSON trajectory ({exc})") from exc
+    for _, data in read_lines(path, what="JSON trajectory"):
         yield Trajectory.from_dict(data)

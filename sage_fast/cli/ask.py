@@ -133,6 +133,20 @@ def make_speech(spec: str, device: str):  # noqa: ANN201 (a SpeechBackend or Non
                      "transformers:MODEL, openai:URL or none")
 
 
+def build_agent(settings: dict, config):  # noqa: ANN001, ANN201 (an AgentConfig; an Agent)
+    """The agent the settings describe: orchestrator, tool VLM, speech and web tools (ask, eval, synth)."""
+    from sage_fast.agent.loop import Agent, default_tools
+    from sage_fast.tools.web_tools import WebConfig
+
+    device = settings["device"]
+    orchestrator = make_orchestrator(settings["orchestrator"], settings["model"], device, settings["frames_as"],
+                                     config.token_pruning)
+    tool_vlm = make_orchestrator(settings["tool_model"], None, device) if settings["tool_model"] else None
+    tools = default_tools(orchestrator, tool_vlm, speech=make_speech(settings["asr"], device),
+                          web=None if settings["search"] == "none" else WebConfig(search_backend=settings["search"]))
+    return Agent(orchestrator, tools=tools, config=config)
+
+
 def print_turn(turn) -> None:  # noqa: ANN001 (a Turn)
     """One turn as it happens, on stderr (stdout carries only the answer, for scripts)."""
     label = "Stage-1" if turn.stage == "stage1" else f"Stage-2 step {turn.step}"
@@ -184,10 +198,8 @@ def resolve_settings(args: argparse.Namespace) -> tuple[dict, object]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sage_fast.agent.loop import Agent, default_tools
     from sage_fast.agent.trajectory import append_jsonl
     from sage_fast.config import to_dict
-    from sage_fast.tools.web_tools import WebConfig
 
     settings, config = resolve_settings(args)
     if args.print_config:
@@ -197,13 +209,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not Path(args.video).is_file():
         raise ValueError(f"{args.video}: no such video file")
-    device = settings["device"]
-    orchestrator = make_orchestrator(settings["orchestrator"], settings["model"], device, settings["frames_as"],
-                                     config.token_pruning)
-    tool_vlm = make_orchestrator(settings["tool_model"], None, device) if settings["tool_model"] else None
-    tools = default_tools(orchestrator, tool_vlm, speech=make_speech(settings["asr"], device),
-                          web=None if settings["search"] == "none" else WebConfig(search_backend=settings["search"]))
-    trajectory = Agent(orchestrator, tools=tools, config=config).run(Path(args.video), args.question,
+    agent = build_agent(settings, config)
+    trajectory = agent.run(Path(args.video), args.question,
                                                                       on_turn=print_turn)
     trajectory.metadata["run"] = {**settings, "agent": to_dict(config)}  # what produced it, keys never included
     if args.out:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 
-def _agent_options(parser: argparse.ArgumentParser) -> None:
+def add_agent_options(parser: argparse.ArgumentParser) -> None:
     """The options that ``ask.resolve_settings`` reads (see ``sage-fast ask -h`` for the long help)."""
     group = parser.add_argument_group("agent (as in sage-fast ask)")
     group.add_argument("--config", default=None, metavar="RUN.yaml",
@@ -59,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run_group.add_argument("--judge-model", default="gpt-4o-mini", help="judge model name (default gpt-4o-mini)")
     run_group.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="environment variable with the key")
     run_group.add_argument("--judge-cache", default=None, metavar="DIR", help="on-disk verdict cache folder")
-    _agent_options(parser)
+    add_agent_options(parser)
     parser.set_defaults(handler=run)
 
 
@@ -87,12 +87,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.judge:
         raise ValueError("name the judge with --judge URL (an OpenAI-compatible endpoint, e.g. "
                          "https://api.openai.com/v1 or a local vLLM server's http://localhost:8000/v1)")
-    from sage_fast.agent.loop import Agent, default_tools
-    from sage_fast.cli.ask import make_orchestrator, make_speech, resolve_settings
+    from sage_fast.cli.ask import build_agent, resolve_settings
     from sage_fast.eval.datasets import load_items
     from sage_fast.eval.judge import Judge, JudgeConfig
     from sage_fast.eval.runner import EvalConfig, run_eval
-    from sage_fast.tools.web_tools import WebConfig
 
     # everything that can be wrong with the input is found before a model is loaded
     items = load_items(args.data, video_root=args.video_root, preset=args.preset, fields=_fields(args.field),
@@ -104,13 +102,7 @@ def run(args: argparse.Namespace) -> int:
     config = EvalConfig(output=args.out, concurrency=args.concurrency, judge=judge_config,
                         retry_errors=args.retry_errors)
     settings, agent_config = resolve_settings(args)
-    device = settings["device"]
-    orchestrator = make_orchestrator(settings["orchestrator"], settings["model"], device, settings["frames_as"],
-                                     agent_config.token_pruning)
-    tool_vlm = make_orchestrator(settings["tool_model"], None, device) if settings["tool_model"] else None
-    tools = default_tools(orchestrator, tool_vlm, speech=make_speech(settings["asr"], device),
-                          web=None if settings["search"] == "none" else WebConfig(search_backend=settings["search"]))
-    agent = Agent(orchestrator, tools=tools, config=agent_config)
+    agent = build_agent(settings, agent_config)
     print(f"{len(items)} items from {args.data}; results: {args.out}", file=sys.stderr)
     rows = run_eval(agent, items, Judge(judge_config), config)
     summary = summarize(rows)

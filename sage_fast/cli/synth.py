@@ -15,7 +15,7 @@ from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from sage_fast.cli.eval import _agent_options
+    from sage_fast.cli.eval import add_agent_options
 
     parser = subparsers.add_parser("synth", help="synthesize training data: questions with Gemini, then SFT "
                                                  "records from correct agent trajectories (resumable)")
@@ -54,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     trajectories.add_argument("--judge-model", default="gpt-4o-mini", help="judge model name (default gpt-4o-mini)")
     trajectories.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="environment variable with the key")
     trajectories.add_argument("--judge-cache", default=None, metavar="DIR", help="on-disk verdict cache folder")
-    _agent_options(trajectories)
+    add_agent_options(trajectories)
     trajectories.set_defaults(handler=run_trajectories)
 
 
@@ -88,12 +88,10 @@ def run_trajectories(args: argparse.Namespace) -> int:
     if not args.judge:
         raise ValueError("name the judge with --judge URL (an OpenAI-compatible endpoint, e.g. "
                          "https://api.openai.com/v1 or a local vLLM server's http://localhost:8000/v1)")
-    from sage_fast.agent.loop import Agent, default_tools
-    from sage_fast.cli.ask import make_orchestrator, make_speech, resolve_settings
+    from sage_fast.cli.ask import build_agent, resolve_settings
     from sage_fast.data.trajectories import make_sft_records
     from sage_fast.eval.datasets import load_items
     from sage_fast.eval.judge import Judge, JudgeConfig
-    from sage_fast.tools.web_tools import WebConfig
 
     # everything that can be wrong with the input is found before a model is loaded
     items = load_items(args.questions, video_root=args.video_root, limit=args.limit)
@@ -104,13 +102,7 @@ def run_trajectories(args: argparse.Namespace) -> int:
     judge = Judge(JudgeConfig(base_url=args.judge, model=args.judge_model, api_key_env=args.judge_key_env,
                               cache_dir=args.judge_cache))
     settings, agent_config = resolve_settings(args)
-    device = settings["device"]
-    orchestrator = make_orchestrator(settings["orchestrator"], settings["model"], device, settings["frames_as"],
-                                     agent_config.token_pruning)
-    tool_vlm = make_orchestrator(settings["tool_model"], None, device) if settings["tool_model"] else None
-    tools = default_tools(orchestrator, tool_vlm, speech=make_speech(settings["asr"], device),
-                          web=None if settings["search"] == "none" else WebConfig(search_backend=settings["search"]))
-    agent = Agent(orchestrator, tools=tools, config=agent_config)
+    agent = build_agent(settings, agent_config)
     trajectories = args.trajectories or str(_trajectories_path(args.out))
     print(f"{len(items)} questions from {args.questions}; records: {args.out}; trajectories: {trajectories}",
           file=sys.stderr)

@@ -13,8 +13,6 @@ line from a crash is skipped on read, so long jobs resume.
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import Any
 
 from sage_fast.agent.samples import TurnSample, frame_pts, turn_samples
 from sage_fast.agent.trajectory import Trajectory
+from sage_fast.jsonl import append_lines, read_lines, write_lines
 
 
 @dataclass
@@ -78,31 +77,14 @@ def records_from_trajectory(trajectory: Trajectory, episode_id: str | None = Non
     return records
 
 
-def _lines(records: Iterable[SFTRecord]) -> Iterator[str]:
-    for record in records:
-        yield json.dumps(record.to_dict(), ensure_ascii=False) + "\n"
-
-
 def append_records(path: str | Path, records: Iterable[SFTRecord]) -> None:
     """Appends and fsyncs: a crash loses at most the line being written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.writelines(_lines(records))
-        handle.flush()
-        os.fsync(handle.fileno())
+    append_lines(path, (r.to_dict() for r in records))
 
 
 def write_records(path: str | Path, records: Iterable[SFTRecord]) -> None:
     """Replaces ``path`` atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    with open(partial, "w", encoding="utf-8") as handle:
-        handle.writelines(_lines(records))
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
+    write_lines(path, (r.to_dict() for r in records))
 
 
 def read_records(path: str | Path) -> Iterator[SFTRecord]:
@@ -110,14 +92,5 @@ def read_records(path: str | Path) -> Iterator[SFTRecord]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such SFT records file (make one with `sage-fast synth`)")
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if number == len(lines):
-                return  # the line a crash cut short
-            raise ValueError(f"{path}:{number}: not a JSON record ({exc})") from exc
+    for number, data in read_lines(path, what="JSON record"):
         yield SFTRecord.from_dict(data, where=f"{path}:{number}")

@@ -18,7 +18,6 @@ rewritten, so a long run never loses finished work.
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from sage_fast.agent.trajectory import Trajectory, append_jsonl, read_jsonl
 from sage_fast.data.sft_records import append_records, read_records, records_from_trajectory
 from sage_fast.eval.datasets import EvalItem
 from sage_fast.eval.judge import Judge, Verdict
+from sage_fast.jsonl import seal
 
 NO_ANSWER = "The agent gave no answer within its step limit, so it cannot match the ground truth."
 
@@ -44,25 +44,6 @@ class TrajectoryCounts:
     correct: int = 0  # of those, accepted by the judge
     records: int = 0  # SFT records written now
     errors: int = 0  # episodes that failed now (run again by the next call)
-
-
-def _seal(path: Path) -> None:
-    """Makes ``path`` end with a whole line before appending: a torn last line (a crash
-    mid-write) is cut off, so the next line does not fuse with it."""
-    if not path.is_file() or path.stat().st_size == 0:
-        return
-    data = path.read_bytes()
-    if data.endswith(b"\n"):
-        return
-    start = data.rfind(b"\n") + 1
-    try:
-        json.loads(data[start:])
-    except ValueError:
-        with open(path, "r+b") as handle:
-            handle.truncate(start)
-        return
-    with open(path, "ab") as handle:
-        handle.write(b"\n")
 
 
 def _items(questions: Sequence[Any]) -> list[EvalItem]:
@@ -121,7 +102,7 @@ async def amake_sft_records(agent: Any, questions: Sequence[Any], judge: Judge, 
     records_path, trajectories_path = Path(out_records), Path(out_trajectories)
     for path in (records_path, trajectories_path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        _seal(path)
+        seal(path)
     stored = {str(t.metadata["id"]): t for t in read_jsonl(trajectories_path)
               if "id" in t.metadata} if trajectories_path.is_file() else {}
     with_records = {str(r.metadata.get("question_id")) for r in read_records(records_path)} \

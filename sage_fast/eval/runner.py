@@ -28,6 +28,7 @@ from typing import Any
 from sage_fast.agent.trajectory import Trajectory, append_jsonl, read_jsonl
 from sage_fast.eval.datasets import EvalItem
 from sage_fast.eval.judge import Judge, JudgeConfig, Verdict
+from sage_fast.jsonl import append_lines, read_lines, seal
 
 NO_ANSWER = "The agent gave no answer within its step limit, so it cannot match the ground truth."
 
@@ -78,44 +79,11 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
             raise ValueError(f"{path}: expected a JSON list of result rows")
         return rows
-    lines = text.splitlines()
-    rows = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            if number == len(lines) and not text.endswith("\n"):
-                break  # the line a crash cut short
-            raise ValueError(f"{path}:{number}: not a JSON result row ({exc})") from exc
-    return rows
-
-
-def _seal(path: Path) -> None:
-    """Makes ``path`` end with a whole line before appending: a torn last line is cut off (its item
-    runs again), a complete one that only lacks its newline gets it."""
-    if not path.is_file() or path.stat().st_size == 0:
-        return
-    data = path.read_bytes()
-    if data.endswith(b"\n"):
-        return
-    start = data.rfind(b"\n") + 1
-    try:
-        json.loads(data[start:])
-    except ValueError:
-        with open(path, "r+b") as handle:
-            handle.truncate(start)
-        return
-    with open(path, "ab") as handle:
-        handle.write(b"\n")
+    return [row for _, row in read_lines(path, what="JSON result row")]
 
 
 def _append_row(path: Path, row: dict[str, Any]) -> None:
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    append_lines(path, [json.loads(json.dumps(row, default=str))])  # values JSON cannot hold become text
 
 
 def _stored_trajectories(path: Path) -> dict[str, Trajectory]:
@@ -251,7 +219,7 @@ async def arun_eval(agent: Any, items: list[EvalItem], judge: Judge | None, conf
     items = items[: config.limit] if config.limit is not None else list(items)
     output = Path(config.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    _seal(output)
+    seal(output)
     if config.retry_errors and output.is_file():
         _drop_error_rows(output)
     finished = {str(row.get("id")): row for row in read_rows(output)} if output.is_file() else {}

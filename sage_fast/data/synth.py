@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import re
 import sys
@@ -45,6 +44,7 @@ from sage_fast.data.questions import (
     set_problems,
     validate_questions,
 )
+from sage_fast.jsonl import append_lines, read_lines, write_lines
 from sage_fast.video.timecode import format_timestamp
 
 # Video types the Gemini API takes, by file extension.
@@ -341,39 +341,12 @@ def _ask(client: Any, video: Path, duration: float, config: SynthConfig) -> _Out
 
 # ---- files -------------------------------------------------------------------------------------------
 def _read_lines(path: Path) -> tuple[list[dict[str, Any]], bool]:
-    """JSON records of a JSONL file and whether its last line was torn (a crash mid-write)."""
+    """JSON records of a JSONL file and whether its end needs repair (a torn or unterminated last line)."""
     if not path.is_file():
         return [], False
-    lines = path.read_text(encoding="utf-8").splitlines()
-    records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except ValueError as exc:
-            if number == len(lines):
-                return records, True
-            raise ValueError(f"{path}:{number}: not a JSON record ({exc}); fix or remove the line") from exc
-    return records, False
-
-
-def _rewrite(path: Path, records: list[dict[str, Any]]) -> None:
-    """Replaces ``path`` atomically (temporary file, fsync, rename)."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    with open(partial, "w", encoding="utf-8") as handle:
-        handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
-
-
-def _append(path: Path, records: list[dict[str, Any]]) -> None:
-    """All of ``records`` in one write, fsynced."""
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-        handle.flush()
-        os.fsync(handle.fileno())
+    records = [record for _, record in read_lines(path, what="JSON record; fix or remove the line")]
+    size = path.stat().st_size
+    return records, size > 0 and not path.read_bytes().endswith(b"\n")
 
 
 def finished_videos(config: SynthConfig) -> set[str]:
@@ -393,9 +366,9 @@ def finished_videos(config: SynthConfig) -> set[str]:
     done = {video for video, status in last.items() if status in FINAL}
     kept = [q for q in questions if q.get("video_path") in done]
     if torn_status:
-        _rewrite(status_path, statuses)
+        write_lines(status_path, statuses)
     if torn_questions or len(kept) < len(questions):
-        _rewrite(output, kept)
+        write_lines(output, kept)
     return done
 
 
@@ -446,8 +419,8 @@ def _run(client: Any, todo: list[Path], durations: dict[Path, float], config: Sy
                                     "error": f"{type(exc).__name__}: {exc}"})
         with lock:
             if outcome.questions:
-                _append(Path(config.output), [q.to_record() for q in outcome.questions])
-            _append(config.status_path, [outcome.status])
+                append_lines(Path(config.output), [q.to_record() for q in outcome.questions])
+            append_lines(config.status_path, [outcome.status])
             counts["done"] += 1
             counts["errors"] += outcome.status["status"] == "error"
             counts["unmet"] += outcome.status["status"] == "rules_unmet"

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sage_fast.cli import ask, doctor, eval, rl, tool, video_commands, view
+from sage_fast.cli import ask, doctor, eval, rl, sft, synth, tool, video_commands, view
 
 # Each module adds its subcommands; later issues add theirs here (synth, sft, bench).
-COMMAND_MODULES = (doctor, video_commands, ask, eval, rl, tool, view)
+COMMAND_MODULES = (doctor, video_commands, ask, eval, synth, sft, rl, tool, view)
 
 
 def build_parser() -> argparse.ArgumentParser:

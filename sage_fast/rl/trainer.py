@@ -28,11 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import math
-import os
 import random
-import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -44,7 +41,7 @@ import torch
 
 from sage_fast.agent.loop import Agent, AgentConfig, default_tools, run_blocking
 from sage_fast.agent.samples import sample_frames, tokenize_sample, turn_samples
-from sage_fast.agent.trajectory import Trajectory, write_jsonl
+from sage_fast.agent.trajectory import Trajectory
 from sage_fast.models import packed_attention
 from sage_fast.rl.grpo import (
     GRPOLossConfig,
@@ -54,8 +51,7 @@ from sage_fast.rl.grpo import (
     token_advantages,
 )
 from sage_fast.rl.rewards import RewardBreakdown, RewardConfig, episode_reward, turn_cap_for_step
-
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+from sage_fast.rl.run_folder import RunFolder
 
 
 @dataclass
@@ -80,6 +76,9 @@ class GRPOConfig:
     save_every: int = field(default=10, metadata={"help": "steps between checkpoints (the last step always)"})
     keep_checkpoints: int = field(default=2, metadata={"help": "newest checkpoints kept on disk"})
     seed: int = field(default=0, metadata={"help": "data order and sampling seed"})
+    engine: str = field(default="static", metadata={
+        "help": "local rollout engine: static (padded batches of the waiting turns) or continuous (transformers' "
+                "continuous batching with a paged KV cache, better on a GPU)"})
     engine_max_batch: int = field(default=16, metadata={"help": "turns batched into one generate call"})
     max_seqs: int = field(default=64, metadata={"help": "turns generating at once (scheduler admission)"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "trade compute for activation memory"})
@@ -97,6 +96,8 @@ class GRPOConfig:
                      "max_seqs", "max_new_tokens", "micro_batch_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.engine not in ("static", "continuous"):
+            raise ValueError(f"engine must be 'static' or 'continuous', got {self.engine!r}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1 or None, got {self.max_steps}")
         if not (self.learning_rate > 0 and 0 <= self.warmup_ratio < 1 and self.max_grad_norm >= 0):
@@ -172,6 +173,7 @@ class GRPOTrainer:
         self.scheduler: Any = None
         self.step = 0
         self.output = Path(self.config.output_dir)
+        self.run_folder = RunFolder(self.output, keep=self.config.keep_checkpoints)
         self._frames: dict[tuple, Any] = {}
 
     # ---- set-up --------------------------------------------------------------------------------
@@ -202,15 +204,22 @@ class GRPOTrainer:
         """``group_size`` episodes of every item, under the scheduler, on the policy."""
         from sage_fast.rollout import SchedulerConfig
         from sage_fast.rollout.agent_rollout import run_agent_rollout
-        from sage_fast.rollout.engines import TransformersEngine
+        from sage_fast.rollout.engines import ContinuousTransformersEngine, TransformersEngine
 
         agent = self._agent(step)
         groups = [[{"video": item.video_path, "question": item.question,
                     "metadata": {"id": item.id, "ground_truth": item.answer, "rl_step": step}}] * self.config.group_size
                   for item in items]
-        engine = TransformersEngine(self.vlm, max_batch=self.config.engine_max_batch)
+        if self.config.engine == "continuous":
+            engine: Any = ContinuousTransformersEngine(self.vlm, sampling=agent.config.sampling,
+                                                       max_requests=self.config.max_seqs)
+        else:
+            engine = TransformersEngine(self.vlm, max_batch=self.config.engine_max_batch)
         self.model.eval()
-        result = await run_agent_rollout(agent, groups, engine, SchedulerConfig(max_seqs=self.config.max_seqs))
+        try:
+            result = await run_agent_rollout(agent, groups, engine, SchedulerConfig(max_seqs=self.config.max_seqs))
+        finally:
+            await engine.aclose()
         return result.trajectories
 
     async def score(self, items: Sequence[RLItem], groups: list[list[Trajectory]]) -> list[list[RewardBreakdown]]:
@@ -369,7 +378,7 @@ class GRPOTrainer:
         self._schedule(total)
         self.output.mkdir(parents=True, exist_ok=True)
         self._resume()
-        metrics = self._read_metrics()
+        metrics = self.run_folder.read_metrics(self.step)
         while self.step < total:
             epoch, index = divmod(self.step, per_epoch)
             order = list(range(len(items)))
@@ -377,7 +386,7 @@ class GRPOTrainer:
             batch = [items[i] for i in order[index * self.config.prompts_per_step:(index + 1) * self.config.prompts_per_step]]
             result = self.train_step(batch)
             metrics.append({"step": result.step, **result.stats})
-            self._write_metrics(metrics)
+            self.run_folder.write_metrics(metrics)
             if progress:
                 s = result.stats
                 print(f"[rl] step {result.step}/{total}: reward {s['reward_mean']:+.3f} "
@@ -402,6 +411,8 @@ class GRPOTrainer:
         flat = [r for group in rewards for r in group]
         totals = torch.tensor([r.total for r in flat])
         answered = [t for group in groups for t in group if t.answer is not None and not t.could_not_produce]
+        for term in ("format", "tool_repeat", "invalid_args", "tool_step", "accuracy"):
+            stats[f"reward_{term}"] = sum(getattr(r, term) for r in flat) / len(flat)
         stats.update(reward_mean=float(totals.mean()), reward_std=float(totals.std(unbiased=False)),
                      failed=float(sum(t.error is not None for group in groups for t in group)),
                      accuracy=sum(r.accuracy > 0 for r in flat) / len(flat),
@@ -410,88 +421,26 @@ class GRPOTrainer:
                      turn_cap=float(turn_cap_for_step(self.step, self.config.rewards)),
                      rollout_s=rolled - started, judge_s=scored - rolled,
                      update_s=time.perf_counter() - scored, seconds=time.perf_counter() - started)
-        self._write_rollouts(self.step, groups, rewards, advantages)
+        episodes = [t for group in groups for t in group]
+        for k, (trajectory, reward) in enumerate(zip(episodes, flat, strict=True)):
+            trajectory.metadata.update(reward=reward.to_dict(), advantage=float(advantages[k]), rl_step=self.step)
+        self.run_folder.write_rollouts(self.step, episodes)
         self.step += 1
         return StepResult(self.step, groups, rewards, stats)
 
     # ---- persistence ---------------------------------------------------------------------------
 
-    def _write_rollouts(self, step: int, groups: list[list[Trajectory]], rewards: list[list[RewardBreakdown]],
-                        advantages: torch.Tensor) -> None:
-        """The step's episodes with their rewards, replaced atomically (a redone step overwrites)."""
-        out, k = [], 0
-        for group, group_rewards in zip(groups, rewards, strict=True):
-            for trajectory, reward in zip(group, group_rewards, strict=True):
-                trajectory.metadata.update(reward=reward.to_dict(), advantage=float(advantages[k]), rl_step=step)
-                out.append(trajectory)
-                k += 1
-        write_jsonl(self.output / "rollouts" / f"step-{step:06d}.jsonl", out)
-
-    def _metrics_path(self) -> Path:
-        return self.output / "metrics.jsonl"
-
-    def _read_metrics(self) -> list[dict[str, float]]:
-        path = self._metrics_path()
-        if not path.is_file():
-            return []
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        return [row for row in rows if row["step"] <= self.step]  # drop steps the resume redoes
-
-    def _write_metrics(self, metrics: list[dict[str, float]]) -> None:
-        _atomic_write_text(self._metrics_path(), "".join(json.dumps(m) + "\n" for m in metrics))
-
     def checkpoints(self) -> list[Path]:
-        """Complete checkpoints, oldest first (a folder is complete once renamed into place)."""
-        found = [p for p in self.output.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
-        return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+        """Complete checkpoints, oldest first."""
+        return self.run_folder.checkpoints()
 
     def save_checkpoint(self) -> Path:
-        """``checkpoint-<step>/``: a model folder :class:`TransformersVLM` loads, plus the optimizer,
-        the schedule and the data cursor. Written beside, then renamed into place."""
-        final = self.output / f"checkpoint-{self.step}"
-        partial = self.output / f".checkpoint-{self.step}.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        for source in self.source_folder.iterdir() if self.source_folder.is_dir() else []:
-            if source.is_file() and not source.name.endswith(_WEIGHT_SUFFIXES) and "index.json" not in source.name:
-                shutil.copy2(source, partial / source.name)  # processor, chat template, tiny-model note
-        self.model.save_pretrained(partial)
-        self.vlm.tokenizer.save_pretrained(partial)
-        torch.save({"optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-                    "torch_rng": torch.get_rng_state()}, partial / "trainer.pt")
-        state = {"step": self.step, "source_model": str(self.source_folder), "config": _jsonable(self.config)}
-        (partial / "trainer_state.json").write_text(json.dumps(state, indent=1))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(partial, final)
-        for old in self.checkpoints()[:-self.config.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
-        return final
+        """``checkpoint-<step>/``: a model folder, plus the optimizer, schedule and data cursor."""
+        return self.run_folder.save(self.step, self.model, self.vlm.tokenizer, self.optimizer, self.scheduler,
+                                    self.source_folder, self.config)
 
     def _resume(self) -> None:
-        """Loads the newest complete checkpoint's weights, optimizer, schedule and step, if any."""
-        found = self.checkpoints()
-        if not found:
-            return
-        latest = found[-1]
-        # from_pretrained, not a raw state dict: transformers renames some keys when it saves.
-        saved_model = type(self.model).from_pretrained(latest, dtype=self.model.dtype)
-        self.model.load_state_dict(saved_model.state_dict())
-        del saved_model
-        saved = torch.load(latest / "trainer.pt", map_location="cpu", weights_only=False)
-        self.optimizer.load_state_dict(saved["optimizer"])
-        if self.scheduler is not None and saved["scheduler"] is not None:
-            self.scheduler.load_state_dict(saved["scheduler"])
-        torch.set_rng_state(saved["torch_rng"])
-        self.step = json.loads((latest / "trainer_state.json").read_text())["step"]
-        print(f"[rl] resumed from {latest} (step {self.step})", file=sys.stderr)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    partial.write_text(text)
-    os.replace(partial, path)
-
-
-def _jsonable(config: Any) -> Any:
-    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+        latest = self.run_folder.load_latest(self.model, self.optimizer, self.scheduler)
+        if latest is not None:
+            self.step = self.run_folder.step_of(latest)
+            print(f"[rl] resumed from {latest} (step {self.step})", file=sys.stderr)

@@ -222,7 +222,15 @@ class ContinuousTransformersEngine:
     Qwen-VL loaded by :class:`~sage_fast.models.transformers_backend.TransformersVLM`. Text-only
     turns go through it; a turn with frames (Stage-1) runs alone through the model's ``generate``,
     since the paged path takes token ids only. One sampling mode per engine (``sampling``): the
-    manager's generation config is global; each request keeps its own ``max_tokens``."""
+    manager's generation config is global; each request keeps its own ``max_tokens``.
+
+    The paged path and ``generate`` never run at the same time. They share one model, and
+    transformers' forward writes ``is_causal`` into the shared config for the duration of a call
+    (the paged path passes ``is_causal=False``) and restores it afterwards; two threads doing that
+    at once can leave ``is_causal=False`` in the config for good, and every later forward of the
+    model (generation, training) then attends bidirectionally. So the paged path holds the model's
+    ``generate_lock`` while any of its requests are in flight, and a waiting ``generate`` (a
+    Stage-1 turn here, or a tool sharing the model) stops new paged requests until it has run."""
 
     def __init__(self, model: str | Path | Any, *, device: str = "cpu", sampling: SamplingConfig | None = None,
                  kv_tokens: int = 65_536, max_batch_tokens: int = 2048, max_requests: int = 64) -> None:
@@ -251,7 +259,48 @@ class ContinuousTransformersEngine:
         self._manager = self.vlm.model.init_continuous_batching(generation_config=config,
                                                                 continuous_batching_config=batching)
         self._manager.start()
-        self._lock = asyncio.Lock()
+        self._gate: asyncio.Condition | None = None  # made in the running loop
+        self._paged_in_flight = 0
+        self._framed_waiting = 0
+
+    def _condition(self) -> asyncio.Condition:
+        if self._gate is None:
+            self._gate = asyncio.Condition()
+        return self._gate
+
+    async def _paged_enter(self) -> None:
+        gate = self._condition()
+        async with gate:
+            await gate.wait_for(lambda: self._framed_waiting == 0)
+            if self._paged_in_flight == 0:  # the first paged request takes the model from generate()
+                lock = self.vlm.generate_lock
+                taking = asyncio.ensure_future(asyncio.to_thread(lock.acquire))
+                try:
+                    await asyncio.shield(taking)
+                except asyncio.CancelledError:  # the thread still gets the lock: hand it back then
+                    taking.add_done_callback(lambda _: lock.release())
+                    raise
+            self._paged_in_flight += 1
+
+    async def _paged_exit(self) -> None:
+        gate = self._condition()
+        async with gate:
+            self._paged_in_flight -= 1
+            if self._paged_in_flight == 0:
+                self.vlm.generate_lock.release()
+                gate.notify_all()
+
+    async def _generate_alone(self, request: GenerationRequest) -> Generation:
+        """A turn with frames: ``generate`` takes the model's lock, so it waits until no paged request runs."""
+        gate = self._condition()
+        async with gate:
+            self._framed_waiting += 1
+        try:
+            return await asyncio.to_thread(self.vlm.generate, request.messages, request.frames, request.sampling)
+        finally:
+            async with gate:
+                self._framed_waiting -= 1
+                gate.notify_all()
 
     async def generate(self, request: GenerationRequest) -> Generation:
         s = request.sampling
@@ -261,8 +310,7 @@ class ContinuousTransformersEngine:
                              "per sampling mode)")
         started = time.perf_counter()
         if request.frames is not None:
-            async with self._lock:  # the model is shared with the paged path's thread: one frame turn at a time
-                return await asyncio.to_thread(self.vlm.generate, request.messages, request.frames, s)
+            return await self._generate_alone(request)
         text, _ = self.vlm.prompt(request.messages, None)
         ids = self.vlm.tokenizer(text).input_ids
         loop = asyncio.get_running_loop()
@@ -273,13 +321,17 @@ class ContinuousTransformersEngine:
             if output.is_finished() and not done.done():
                 done.set_result(output)
 
-        self._manager.register_result_handler(rid, deliver)
-        self._manager.add_request(ids, request_id=rid, max_new_tokens=s.max_tokens)
+        await self._paged_enter()
         try:
-            output = await done
-        except asyncio.CancelledError:
-            self._manager.cancel_request(rid)
-            raise
+            self._manager.register_result_handler(rid, deliver)
+            self._manager.add_request(ids, request_id=rid, max_new_tokens=s.max_tokens)
+            try:
+                output = await done
+            except asyncio.CancelledError:
+                self._manager.cancel_request(rid)
+                raise
+        finally:
+            await self._paged_exit()
         if output.error:
             raise EngineError(f"{self.name}: {output.error}")
         tokens = list(output.generated_tokens)

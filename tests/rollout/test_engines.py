@@ -128,3 +128,51 @@ def test_continuous_engine_matches_unbatched_greedy(tiny_model_dir) -> None:  # 
     single = [engine.vlm.generate(r.messages, None, r.sampling) for r in requests]
     assert [g.text for g in continuous] == [g.text for g in single]
     assert [(g.tokens_in, g.tokens_out) for g in continuous] == [(g.tokens_in, g.tokens_out) for g in single]
+
+
+def test_continuous_engine_never_shares_the_model_with_generate(tiny_model_dir) -> None:  # noqa: ANN001
+    """Stage-1 turns (generate) and paged text turns at once, then the model must be as it was:
+    transformers' forward writes is_causal into the shared config for the length of a call, so two
+    threads at once could leave the model attending bidirectionally for good."""
+    import threading
+
+    import torch
+
+    from sage_fast.rollout.engines import ContinuousTransformersEngine
+    from sage_fast.video.types import FrameBatch
+
+    engine = ContinuousTransformersEngine(tiny_model_dir, sampling=SamplingConfig(max_tokens=8, temperature=0.7))
+    model = engine.vlm.model
+    probe = torch.arange(3, 40).unsqueeze(0)
+    with torch.no_grad():
+        before = model(input_ids=probe).logits
+    frames = FrameBatch(data=torch.randint(0, 255, (4, 3, 56, 56), dtype=torch.uint8),
+                        pts_seconds=torch.tensor([0.0, 1.0, 2.0, 3.0], dtype=torch.float64),
+                        duration_seconds=torch.full((4,), 1.0, dtype=torch.float64), indices=torch.arange(4))
+    framed = [{"role": "user", "content": [{"type": "frame", "pts": float(t)} for t in range(4)]
+               + [{"type": "text", "text": f"what happens {i}?"}]} for i in range(3)]
+    sampling = SamplingConfig(max_tokens=8, temperature=0.7)
+    requests = [GenerationRequest(messages=[m], sampling=sampling, frames=frames) for m in framed]
+    requests += [GenerationRequest(messages=[{"role": "user", "content": f"step {i} " * (i + 1)}], sampling=sampling)
+                 for i in range(12)]
+    overlaps: list[bool] = []
+    original_generate = engine.vlm.generate
+
+    def generate_while_paged_runs(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        overlaps.append(engine._paged_in_flight > 0)
+        return original_generate(*args, **kwargs)
+
+    engine.vlm.generate = generate_while_paged_runs
+
+    async def main():  # noqa: ANN202
+        try:
+            return await asyncio.gather(*(engine.generate(r) for r in requests))
+        finally:
+            await engine.aclose()
+
+    outputs = asyncio.run(main())
+    assert len(outputs) == len(requests) and len(overlaps) == 3 and not any(overlaps)
+    assert getattr(model.config.get_text_config(), "is_causal", None) is not False
+    assert not engine.vlm.generate_lock.locked() and threading.active_count() >= 1
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=probe).logits, before)

@@ -27,10 +27,9 @@ from typing import Any
 from sage_fast.agent.trajectory import Trajectory, append_jsonl, read_jsonl
 from sage_fast.data.sft_records import append_records, read_records, records_from_trajectory
 from sage_fast.eval.datasets import EvalItem
-from sage_fast.eval.judge import Judge, Verdict
+from sage_fast.eval.judge import Judge
+from sage_fast.eval.runner import judge_episode
 from sage_fast.jsonl import seal
-
-NO_ANSWER = "The agent gave no answer within its step limit, so it cannot match the ground truth."
 
 
 @dataclass
@@ -64,14 +63,6 @@ async def _episode(agent: Any, item: EvalItem) -> Trajectory:
     except Exception as exc:  # one bad video must not sink the run
         return Trajectory(video_path=item.video_path, question=item.prompt, error=f"{type(exc).__name__}: {exc}",
                           metadata=metadata)
-
-
-async def _verdict(judge: Judge, item: EvalItem, trajectory: Trajectory) -> Verdict:
-    if trajectory.error:
-        return Verdict(correct=False, reasoning=f"The episode failed: {trajectory.error}", raw="")
-    if trajectory.could_not_produce:  # the fixed give-up text is not an answer: no request for it
-        return Verdict(correct=False, reasoning=NO_ANSWER, raw="")
-    return await judge.ajudge_answer(item.prompt, item.answer, trajectory.answer, options=item.options)
 
 
 class _Progress:
@@ -141,7 +132,7 @@ async def amake_sft_records(agent: Any, questions: Sequence[Any], judge: Judge, 
             counts.errors += trajectory.error is not None
             trajectory.metadata["orchestrator"] = name
         try:
-            verdict = await _verdict(judge, item, trajectory)
+            verdict = await judge_episode(judge, item, trajectory)
         except RuntimeError as exc:  # stored unjudged: the rerun judges it without running it again
             failures.append(str(exc))
             append_jsonl(trajectories_path, [trajectory])

@@ -157,7 +157,8 @@ def make_row(item: EvalItem, trajectory: Trajectory, verdict: Verdict) -> dict[s
     }
 
 
-async def _judge(judge: Judge, item: EvalItem, trajectory: Trajectory) -> Verdict:
+async def judge_episode(judge: Judge, item: EvalItem, trajectory: Trajectory) -> Verdict:
+    """The judge's verdict on an episode's answer; failed episodes and give-ups are wrong without a request."""
     if trajectory.error:
         return Verdict(correct=False, reasoning=f"The episode failed: {trajectory.error}", raw="")
     if trajectory.could_not_produce:  # the fixed give-up text is not an answer: no request for it
@@ -241,7 +242,7 @@ async def arun_eval(agent: Any, items: list[EvalItem], judge: Judge | None, conf
             if config.write_trajectories:
                 append_jsonl(config.trajectories_path, [trajectory])
         try:
-            verdict = await _judge(judge, item, trajectory)
+            verdict = await judge_episode(judge, item, trajectory)
         except RuntimeError as exc:
             failures.append(str(exc))
             return

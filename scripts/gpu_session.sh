@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, in one place, for a session that has one (see DEVELOPERS notes):
-#   bash scripts/gpu_session.sh [doctor|tests|videos|decode|prune|attention|all]   (default: all)
+#   bash scripts/gpu_session.sh [doctor|tests|videos|decode|prune|attention|logprobs|all]   (default: all)
 # Results (pytest-benchmark JSON, logs) go to $OUT (the device tool's output folder) or bench/.gpu.
 # Needs a CUDA build of torch and, for the decode case, nvidia-dali-cuda120 and a CUDA torchcodec;
 # flash-attn is used by the attention bench when installed. Each step fits in 10 minutes.
@@ -32,5 +32,8 @@ if [[ $step == prune || $step == all ]]; then
 fi
 if [[ $step == attention || $step == all ]]; then
   run python3 -m pytest bench/bench_packed_attention.py --benchmark-only --benchmark-json "$out/packed_attention_gpu.json"
+fi
+if [[ $step == logprobs || $step == all ]]; then
+  run python3 -m pytest bench/bench_logprobs.py --benchmark-only -s --benchmark-json "$out/logprobs_gpu.json"
 fi
 echo "results in $out"

@@ -71,6 +71,7 @@ def reference_gradients(folder: Path, trainer: GRPOTrainer, groups: list[list[Tr
     from transformers import AutoModelForImageTextToText
 
     model = AutoModelForImageTextToText.from_pretrained(folder, attn_implementation="sdpa", dtype=torch.float32)
+    model = model.to(trainer.model.device)
     model.load_state_dict(trainer.model.state_dict())
     terms, tokens, episode = [], 0, 0
     for group in groups:
@@ -79,6 +80,7 @@ def reference_gradients(folder: Path, trainer: GRPOTrainer, groups: list[list[Tr
             size = trainer._agent(0).resize.output_size(reader.metadata.height, reader.metadata.width)
             for sample in turn_samples(trajectory):
                 item = tokenize_sample(trainer.vlm, sample, sample_frames(sample, reader, size))
+                item = {k: v.to(model.device) for k, v in item.items()}
                 batch = {k: (v.unsqueeze(0) if k in ("input_ids", "mm_token_type_ids") else v)
                          for k, v in item.items() if k != "labels"}
                 logits = model(**batch).logits[0, :-1].float() / trainer.config.temperature  # sampled at T
@@ -92,11 +94,19 @@ def reference_gradients(folder: Path, trainer: GRPOTrainer, groups: list[list[Tr
     return {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
 
 
-def test_packed_update_is_the_per_sample_policy_gradient(world, judge, tmp_path: Path) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_packed_update_is_the_per_sample_policy_gradient(world, judge, tmp_path: Path, device: str,  # noqa: ANN001
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    if device == "cuda":  # the compiled Triton kernel, forward and backward, in the trainer's packed rows
+        monkeypatch.setenv("SAGE_FAST_FORCE_IMPL", "kernel")
     _, folder, items = world
     judge_, _ = judge
-    trainer = make_trainer(folder, judge_, tmp_path / "run", loss=GRPOLossConfig(kl_estimator="none", kl_coef=0.0),
-                           micro_batch_tokens=4096)
+    config = GRPOConfig(output_dir=str(tmp_path / "run"), group_size=2, prompts_per_step=1, max_new_tokens=10,
+                        micro_batch_tokens=4096, loss=GRPOLossConfig(kl_estimator="none", kl_coef=0.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        policy = TransformersVLM(folder, device=device, dtype=torch.float32)
+    trainer = GRPOTrainer(policy, judge_, config, agent_config=AGENT)
     groups = run_blocking(trainer.rollout(items[:2], 0))
     assert [len(g) for g in groups] == [2, 2] and all(t.error is None for g in groups for t in g)
     assert all(t.turns[0].stage == "stage1" and t.turns[0].frames == 4 for g in groups for t in g)

@@ -11,7 +11,7 @@ from pathlib import Path
 _OPTIONS = {
     "steps": ("grpo", "max_steps"), "group_size": ("grpo", "group_size"),
     "prompts_per_step": ("grpo", "prompts_per_step"), "lr": ("grpo", "learning_rate"),
-    "max_new_tokens": ("grpo", "max_new_tokens"), "save_every": ("grpo", "save_every"),
+    "max_new_tokens": ("grpo", "max_new_tokens"), "save_every": ("grpo", "save_every"), "engine": ("grpo", "engine"),
     "num_frames": ("agent", "num_frames"), "judge_model": ("judge", "model"), "judge_cache": ("judge", "cache_dir"),
 }
 _SETTINGS = {"data": None, "video_root": None, "preset": None, "model": None, "device": "cpu", "judge": None,
@@ -43,6 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=None, help="tokens per model call in rollouts")
     parser.add_argument("--save-every", type=int, default=None, help="steps between checkpoints")
     parser.add_argument("--num-frames", type=int, default=None, help="Stage-1 frames (default 128)")
+    parser.add_argument("--engine", default=None, choices=("static", "continuous"),
+                        help="rollout engine on the policy: padded batches (default) or transformers' continuous batching")
     parser.set_defaults(handler=run)
 
 

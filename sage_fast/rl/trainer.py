@@ -175,6 +175,7 @@ class GRPOTrainer:
         self.output = Path(self.config.output_dir)
         self.run_folder = RunFolder(self.output, keep=self.config.keep_checkpoints)
         self._frames: dict[tuple, Any] = {}
+        self._agents: dict[int, Agent] = {}
 
     # ---- set-up --------------------------------------------------------------------------------
 
@@ -194,9 +195,12 @@ class GRPOTrainer:
             num_training_steps=total_steps)
 
     def _agent(self, step: int) -> Agent:
+        """The agent for ``step`` (one per turn cap, so its frame cache lives across steps)."""
         cap = turn_cap_for_step(step, self.config.rewards)
-        config = dataclasses.replace(self.agent_config, max_stage2_steps=cap)
-        return Agent(self.vlm, tools=self.tools, config=config)
+        if cap not in self._agents:
+            config = dataclasses.replace(self.agent_config, max_stage2_steps=cap)
+            self._agents[cap] = Agent(self.vlm, tools=self.tools, config=config)
+        return self._agents[cap]
 
     # ---- one step ------------------------------------------------------------------------------
 
@@ -232,12 +236,12 @@ class GRPOTrainer:
                                                          options=list(item.options) if item.options else None)
                 correct = verdict.correct
             steps: list[bool] = []
-            if self.config.step_reward:
-                history: list[dict] = []
-                for call in trajectory.tool_calls:
-                    record = {"name": call.name, "arguments": call.arguments}
-                    steps.append((await self.judge.ajudge_tool_step(item.question, list(history), record)).correct)
-                    history.append({**record, "result": call.result})
+            if self.config.step_reward:  # each call judged with the calls before it, all at once
+                calls = [{"name": c.name, "arguments": c.arguments, "result": c.result} for c in trajectory.tool_calls]
+                verdicts = await asyncio.gather(*(
+                    self.judge.ajudge_tool_step(item.question, calls[:k], {"name": c["name"], "arguments": c["arguments"]})
+                    for k, c in enumerate(calls)))
+                steps = [v.correct for v in verdicts]
             return episode_reward(trajectory, correct, steps, self.config.rewards)
 
         jobs = [asyncio.gather(*(one(item, t) for t in group)) for item, group in zip(items, groups, strict=True)]
@@ -250,8 +254,7 @@ class GRPOTrainer:
         from sage_fast.video import open_video
 
         reader = open_video(trajectory.video_path, backend=self.agent_config.video_backend)
-        agent_resize = self._agent(self.step).resize
-        size = agent_resize.output_size(reader.metadata.height, reader.metadata.width)
+        size = self._agent(self.step).resize.output_size(reader.metadata.height, reader.metadata.width)
         key = (trajectory.video_path, sample.frame_pts, size)
         if key not in self._frames:
             self._frames[key] = sample_frames(sample, reader, size)

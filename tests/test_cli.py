@@ -67,6 +67,7 @@ def test_doctor_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert report["agent"]["rollout scheduler"] == "C++ core"  # the test install builds the compiled core
     assert "gemini" in report["agent"]["orchestrators"]  # google-genai is in the test extra
     assert "offline-tiny.en ready" in report["agent"]["speech"]
+    assert "sft: TRL" in report["agent"]["training"] and "HF datasets" in report["agent"]["training"]  # test extra
 
 
 def test_sample_video_has_audio(sample: Path) -> None:

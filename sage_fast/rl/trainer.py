@@ -41,7 +41,7 @@ import torch
 
 from sage_fast.agent.loop import Agent, AgentConfig, default_tools, run_blocking
 from sage_fast.agent.samples import sample_frames, tokenize_sample, turn_samples
-from sage_fast.agent.trajectory import Trajectory
+from sage_fast.agent.trajectory import Trajectory, read_jsonl
 from sage_fast.models import packed_attention
 from sage_fast.rl.grpo import (
     GRPOLossConfig,
@@ -176,6 +176,7 @@ class GRPOTrainer:
         self.run_folder = RunFolder(self.output, keep=self.config.keep_checkpoints)
         self._frames: dict[tuple, Any] = {}
         self._agents: dict[int, Agent] = {}
+        self._resumed_at: int | None = None
 
     # ---- set-up --------------------------------------------------------------------------------
 
@@ -405,7 +406,11 @@ class GRPOTrainer:
         """Rollout, score, update: one optimizer step on ``items``."""
         started = time.perf_counter()
         torch.manual_seed(self.config.seed * 1_000_003 + self.step)
-        groups = run_blocking(self.rollout(items, self.step))
+        groups = self._stored_rollouts(items)
+        if groups is None:
+            groups = run_blocking(self.rollout(items, self.step))
+            # on disk before the judge runs: a judge that fails or a crash in the update costs no rollouts
+            self.run_folder.write_rollouts(self.step, [t for group in groups for t in group])
         rolled = time.perf_counter()
         rewards = run_blocking(self.score(items, groups))
         scored = time.perf_counter()
@@ -433,6 +438,27 @@ class GRPOTrainer:
 
     # ---- persistence ---------------------------------------------------------------------------
 
+    def _stored_rollouts(self, items: Sequence[RLItem]) -> list[list[Trajectory]] | None:
+        """This step's rollouts from an earlier attempt, when they were made by the policy as it is
+        now (the step the run resumed at, whose checkpoint holds those very weights) for these
+        questions; a later step's file came from weights that were not saved and is rolled again."""
+        if self.step != self._resumed_at:
+            return None
+        path = self.run_folder.rollouts_path(self.step)
+        if not path.is_file():
+            return None
+        episodes = list(read_jsonl(path))
+        size = self.config.group_size
+        expected = [item.id for item in items for _ in range(size)]
+        if [str(t.metadata.get("id")) for t in episodes] != expected or \
+                any(t.metadata.get("rl_step") != self.step for t in episodes):
+            return None
+        for trajectory in episodes:  # scored again below; rewards of the earlier attempt are dropped
+            trajectory.metadata.pop("reward", None)
+            trajectory.metadata.pop("advantage", None)
+        print(f"[rl] step {self.step}: reusing the {len(episodes)} rollouts stored at {path}", file=sys.stderr)
+        return [episodes[k:k + size] for k in range(0, len(episodes), size)]
+
     def checkpoints(self) -> list[Path]:
         """Complete checkpoints, oldest first."""
         return self.run_folder.checkpoints()
@@ -444,6 +470,7 @@ class GRPOTrainer:
 
     def _resume(self) -> None:
         latest = self.run_folder.load_latest(self.model, self.optimizer, self.scheduler)
+        self._resumed_at = 0  # with no checkpoint the policy is the initial model: step 0's rollouts fit
         if latest is not None:
-            self.step = self.run_folder.step_of(latest)
+            self.step = self._resumed_at = self.run_folder.step_of(latest)
             print(f"[rl] resumed from {latest} (step {self.step})", file=sys.stderr)

@@ -207,3 +207,67 @@ def test_rl_command_runs_resumes_and_explains_bad_input(world, judge, tmp_path: 
     assert "give the judge" in capsys.readouterr().err
     assert main(["rl", str(data), "--model", "tiny", "--judge", judge[1].url, "--group-size", "1"]) == 1
     assert "group_size must be >= 2" in capsys.readouterr().err
+
+
+def test_a_step_cut_off_after_its_rollouts_reuses_them(world, judge, tmp_path: Path,  # noqa: ANN001
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    _, folder, items = world
+    out = tmp_path / "run"
+    crashing = make_trainer(folder, judge[0], out, max_steps=1)
+
+    def crash(*_args, **_kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise RuntimeError("the update died (out of memory, a pre-empted node)")
+
+    monkeypatch.setattr(crashing, "update", crash)
+    with pytest.raises(RuntimeError, match="update died"):
+        crashing.train(items, progress=False)
+    stored = list(read_jsonl(out / "rollouts" / "step-000000.jsonl"))
+    assert len(stored) == 2 and not crashing.checkpoints() and all("reward" not in t.metadata for t in stored)
+
+    resumed = make_trainer(folder, judge[0], out, max_steps=1)
+
+    async def no_rollouts(*_args, **_kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("step 0's rollouts are on disk: they must be reused, not generated again")
+
+    monkeypatch.setattr(resumed, "rollout", no_rollouts)
+    metrics = resumed.train(items, progress=False)
+    assert [m["step"] for m in metrics] == [1]
+    again = list(read_jsonl(out / "rollouts" / "step-000000.jsonl"))
+    assert [t.turns[-1].raw_output for t in again] == [t.turns[-1].raw_output for t in stored]
+    assert all({"reward", "advantage"} <= set(t.metadata) for t in again)
+
+
+
+def test_only_rollouts_of_the_checkpointed_policy_are_reused(world, judge, tmp_path: Path,  # noqa: ANN001
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checkpoints every 2 steps; the run dies in step 3's update. Step 2's rollouts came from the
+    weights in checkpoint-2 (reused); step 3's from weights no checkpoint holds (rolled again)."""
+    _, folder, items = world
+    out = tmp_path / "run"
+    first = make_trainer(folder, judge[0], out, max_steps=4, save_every=2, prompts_per_step=1, epochs=2)
+    update = first.update
+    done: list[int] = []
+
+    def update_then_die(groups, advantages):  # noqa: ANN001, ANN202
+        if len(done) == 3:
+            raise RuntimeError("node pre-empted")
+        done.append(1)
+        return update(groups, advantages)
+
+    monkeypatch.setattr(first, "update", update_then_die)
+    with pytest.raises(RuntimeError, match="pre-empted"):
+        first.train(items, progress=False)
+    assert [p.name for p in first.checkpoints()] == ["checkpoint-2"]
+    assert (out / "rollouts" / "step-000003.jsonl").is_file()
+
+    second = make_trainer(folder, judge[0], out, max_steps=4, save_every=2, prompts_per_step=1, epochs=2)
+    rolled: list[int] = []
+    rollout = second.rollout
+
+    async def counted(batch, step):  # noqa: ANN001, ANN202
+        rolled.append(step)
+        return await rollout(batch, step)
+
+    monkeypatch.setattr(second, "rollout", counted)
+    metrics = second.train(items, progress=False)
+    assert rolled == [3] and [m["step"] for m in metrics] == [1, 2, 3, 4]

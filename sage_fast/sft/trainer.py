@@ -76,7 +76,10 @@ class SFTConfig:
     video_backend: str = field(default="auto", metadata={"help": "sage_fast.video decode backend"})
     device: str = field(default="auto", metadata={"help": "auto (a GPU when there is one), cpu or cuda"})
     precision: str = field(default="auto", metadata={
-        "help": "auto: bf16 autocast on a GPU that has it, else fp32; bf16; fp32 (weights are fp32 either way)"})
+        "help": "auto: bf16 autocast on a GPU that has it, else fp32; bf16 (autocast, fp32 weights and optimizer "
+                "states); bf16-weights (weights, gradients and AdamW states in bf16: an 8B model's 128 GB of fp32 "
+                "training state becomes 64 GB, which one 80 GB GPU holds with activation checkpointing and no "
+                "ZeRO, at some cost in precision); fp32"})
     attn_implementation: str = field(default=ATTN_NAME, metadata={
         "help": f"attention over packed rows: {' or '.join(_ATTENTION)}"})
     gradient_checkpointing: bool = field(default=True, metadata={
@@ -117,8 +120,8 @@ class SFTConfig:
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r} (pick GPUs with "
                              "CUDA_VISIBLE_DEVICES, or launch several with accelerate / torchrun)")
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise ValueError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
+        if self.precision not in ("auto", "bf16", "bf16-weights", "fp32"):
+            raise ValueError(f"precision must be auto, bf16, bf16-weights or fp32, got {self.precision!r}")
         if self.attn_implementation not in _ATTENTION:
             raise ValueError(f"attn_implementation must be {' or '.join(_ATTENTION)} (a packed row has no padding "
                              f"mask for sdpa / eager), got {self.attn_implementation!r}")
@@ -164,9 +167,10 @@ def _training_args(config: SFTConfig, output_dir: Path) -> Any:
     if config.device == "cuda" and not cuda:
         raise RuntimeError(f"device={config.device!r} but torch sees no CUDA GPU; use device=cpu")
     on_gpu = config.device != "cpu" and cuda
-    bf16 = on_gpu and (config.precision == "bf16" or (config.precision == "auto" and torch.cuda.is_bf16_supported()))
-    if config.precision == "bf16" and not on_gpu:
-        raise RuntimeError("precision=bf16 needs a GPU here; use precision=fp32 (or auto) on the CPU")
+    bf16 = on_gpu and (config.precision in ("bf16", "bf16-weights")
+                       or (config.precision == "auto" and torch.cuda.is_bf16_supported()))
+    if config.precision in ("bf16", "bf16-weights") and not on_gpu:
+        raise RuntimeError(f"precision={config.precision} needs a GPU here; use precision=fp32 (or auto) on the CPU")
     # transformers 5.x renamed gradient_checkpointing (still TRL's name) to activation_checkpointing
     checkpointing = ("activation_checkpointing" if "activation_checkpointing" in TRLConfig.__dataclass_fields__
                      else "gradient_checkpointing")
@@ -285,8 +289,9 @@ def train_sft(model_path: str | Path, records_path: str | Path | SFTDataset, con
     args = _training_args(config, output_dir)
     resume = resume_checkpoint(config)
     start = resume if resume is not None and _has_weights(Path(resume)) else source
+    weights = torch.bfloat16 if config.precision == "bf16-weights" else torch.float32
     model = AutoModelForImageTextToText.from_pretrained(start, attn_implementation=config.attn_implementation,
-                                                        dtype=torch.float32)
+                                                        dtype=weights)
     indices = datasets.Dataset.from_dict({"index": list(range(len(dataset)))})
     trainer = _sft_trainer_class()(
         model=model, args=args, train_dataset=indices, processing_class=builder.tokenizer,

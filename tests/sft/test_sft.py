@@ -60,7 +60,7 @@ def test_defaults_are_the_papers() -> None:
     with pytest.raises(ValueError, match="gradient_accumulation_steps=4 gives an effective batch of 8"):
         SFTConfig(per_device_batch_size=2, gradient_accumulation_steps=4).accumulation_steps(1)
     assert SFTConfig(batch_size=None, gradient_accumulation_steps=4).accumulation_steps(2) == 4
-    for bad, field in [({"learning_rate": 0}, "learning_rate"), ({"truncation": "cut"}, "truncation"),
+    for bad, field in [({"learning_rate": 0}, "learning_rate"), ({"truncation": "cut"}, "truncation"), ({"precision": "fp8"}, "precision"),
                        ({"device": "cuda:1"}, "device"), ({"attn_implementation": "sdpa"}, "attn_implementation"),
                        ({"max_steps": 0}, "max_steps"), ({"warmup_ratio": 1.0}, "warmup_ratio"),
                        ({"batch_size": None}, "batch_size"), ({"min_frame_tokens": 300}, "min_frame_tokens")]:
@@ -144,7 +144,8 @@ def test_bad_inputs_fail_before_training(material, tmp_path) -> None:  # noqa: A
 
 
 @pytest.mark.gpu
-def test_bf16_run_on_a_gpu_with_the_kernel_learns(material, make_stage2, tmp_path,  # noqa: ANN001
+@pytest.mark.parametrize("precision", ["bf16", "bf16-weights"])
+def test_bf16_run_on_a_gpu_with_the_kernel_learns(material, make_stage2, tmp_path, precision: str,  # noqa: ANN001
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """The GPU path: bf16 autocast and the compiled Triton varlen kernel inside TRL's loop."""
     monkeypatch.setenv("SAGE_FAST_FORCE_IMPL", "kernel")
@@ -152,7 +153,7 @@ def test_bf16_run_on_a_gpu_with_the_kernel_learns(material, make_stage2, tmp_pat
                make_stage2("hand/b", '<json>{"final_answer": null}</json>', question="Who scores?")]
     path = tmp_path / "records.jsonl"
     write_records(path, records)
-    config = fast(tmp_path, "run", device="cuda", precision="bf16", learning_rate=3e-3, max_steps=40, batch_size=2,
+    config = fast(tmp_path, "run", device="cuda", precision=precision, learning_rate=3e-3, max_steps=40, batch_size=2,
                   per_device_batch_size=2)
     train_sft(material.folder, path, config)
     losses = logged(tmp_path / "run")

@@ -12,6 +12,7 @@ _OPTIONS = {
     "steps": ("grpo", "max_steps"), "group_size": ("grpo", "group_size"),
     "prompts_per_step": ("grpo", "prompts_per_step"), "lr": ("grpo", "learning_rate"),
     "max_new_tokens": ("grpo", "max_new_tokens"), "save_every": ("grpo", "save_every"), "engine": ("grpo", "engine"),
+    "lora_rank": ("grpo", "lora_rank"),
     "num_frames": ("agent", "num_frames"), "judge_model": ("judge", "model"), "judge_cache": ("judge", "cache_dir"),
 }
 _SETTINGS = {"data": None, "video_root": None, "preset": None, "model": None, "device": "cpu", "judge": None,
@@ -43,6 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=None, help="tokens per model call in rollouts")
     parser.add_argument("--save-every", type=int, default=None, help="steps between checkpoints")
     parser.add_argument("--num-frames", type=int, default=None, help="Stage-1 frames (default 128)")
+    parser.add_argument("--lora-rank", type=int, default=None,
+                        help="train LoRA adapters of this rank instead of every weight; the frozen base is the KL "
+                             "reference (no second copy): GRPO of an 8B model on one GPU (default 0: full, the paper)")
     parser.add_argument("--engine", default=None, choices=("static", "continuous"),
                         help="rollout engine on the policy: padded batches (default) or transformers' continuous batching")
     parser.set_defaults(handler=run)

@@ -18,6 +18,7 @@ import dataclasses
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +72,10 @@ class RunFolder:
         return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
     def save(self, step: int, model: torch.nn.Module, tokenizer: Any, optimizer: torch.optim.Optimizer,
-             scheduler: Any, source_folder: Path, config: Any) -> Path:
-        """``checkpoint-<step>/``; the oldest beyond ``keep`` are removed once it is in place."""
+             scheduler: Any, source_folder: Path, config: Any,
+             save_model: Callable[[Path], None] | None = None) -> Path:
+        """``checkpoint-<step>/``; the oldest beyond ``keep`` are removed once it is in place.
+        ``save_model(folder)`` writes the weights when ``model.save_pretrained`` cannot (LoRA)."""
         final = self.output / f"checkpoint-{step}"
         partial = self.output / f".checkpoint-{step}.partial"
         shutil.rmtree(partial, ignore_errors=True)
@@ -80,7 +83,7 @@ class RunFolder:
         for source in source_folder.iterdir() if source_folder.is_dir() else []:
             if source.is_file() and not source.name.endswith(_WEIGHT_SUFFIXES) and "index.json" not in source.name:
                 shutil.copy2(source, partial / source.name)  # processor, chat template, tiny-model note
-        model.save_pretrained(partial)
+        (save_model or model.save_pretrained)(partial)
         tokenizer.save_pretrained(partial)
         torch.save({"optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
@@ -94,16 +97,20 @@ class RunFolder:
             shutil.rmtree(old, ignore_errors=True)
         return final
 
-    def load_latest(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> Path | None:
-        """Restores the newest checkpoint's weights, optimizer, schedule and RNG; returns it (None: none)."""
+    def load_latest(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                    load_model: Callable[[Path], None] | None = None) -> Path | None:
+        """Restores the newest checkpoint's weights (``load_model(folder)`` when given), optimizer,
+        schedule and RNG; returns it (None: none)."""
         found = self.checkpoints()
         if not found:
             return None
         latest = found[-1]
-        # from_pretrained, not a raw state dict: transformers renames some keys when it saves
-        saved_model = type(model).from_pretrained(latest, dtype=model.dtype)
-        model.load_state_dict(saved_model.state_dict())
-        del saved_model
+        if load_model is not None:
+            load_model(latest)
+        else:  # from_pretrained, not a raw state dict: transformers renames some keys when it saves
+            saved_model = type(model).from_pretrained(latest, dtype=model.dtype)
+            model.load_state_dict(saved_model.state_dict())
+            del saved_model
         saved = torch.load(latest / "trainer.pt", map_location="cpu", weights_only=False)
         optimizer.load_state_dict(saved["optimizer"])
         if scheduler is not None and saved["scheduler"] is not None:

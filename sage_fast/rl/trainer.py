@@ -82,6 +82,11 @@ class GRPOConfig:
     engine_max_batch: int = field(default=16, metadata={"help": "turns batched into one generate call"})
     max_seqs: int = field(default=64, metadata={"help": "turns generating at once (scheduler admission)"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "trade compute for activation memory"})
+    lora_rank: int = field(default=0, metadata={
+        "help": "0: train every weight (the paper); > 0: LoRA adapters of this rank on the language model, the "
+                "frozen base as the KL reference (no second copy): GRPO of an 8B model on one GPU"})
+    lora_alpha: float = field(default=32.0, metadata={"help": "LoRA scale numerator (scale = alpha / rank)"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA input"})
     loss: GRPOLossConfig = field(default_factory=GRPOLossConfig)
     rewards: RewardConfig = field(default_factory=RewardConfig)
 
@@ -100,6 +105,9 @@ class GRPOConfig:
             raise ValueError(f"engine must be 'static' or 'continuous', got {self.engine!r}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1 or None, got {self.max_steps}")
+        if self.lora_rank < 0 or (self.lora_rank and not (self.lora_alpha > 0 and 0 <= self.lora_dropout < 1)):
+            raise ValueError(f"need lora_rank >= 0, and with LoRA lora_alpha > 0 and 0 <= lora_dropout < 1; got "
+                             f"{self.lora_rank}, {self.lora_alpha}, {self.lora_dropout}")
         if not (self.learning_rate > 0 and 0 <= self.warmup_ratio < 1 and self.max_grad_norm >= 0):
             raise ValueError("need learning_rate > 0, 0 <= warmup_ratio < 1 and max_grad_norm >= 0")
 
@@ -164,8 +172,16 @@ class GRPOTrainer:
         self.model: torch.nn.Module = vlm.model
         self.generate_attention = self.model.config._attn_implementation
         self.source_folder = Path(getattr(self.model, "name_or_path", "") or ".")
+        self.lora = None
+        if self.config.lora_rank > 0:  # adapters injected into vlm.model: rollouts and updates both use them
+            from sage_fast.rl.lora import apply_lora
+
+            self.lora = apply_lora(self.model, self.config.lora_rank, self.config.lora_alpha, self.config.lora_dropout)
+            if self.config.gradient_checkpointing:
+                self.model.enable_input_require_grads()
+        self.use_kl = self.config.loss.kl_coef > 0 and self.config.loss.kl_estimator != "none"
         self.reference = reference_model
-        if self.reference is None and self.config.loss.kl_coef > 0 and self.config.loss.kl_estimator != "none":
+        if self.reference is None and self.use_kl and self.lora is None:
             self.reference = self._load_reference(self.source_folder)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=self.config.learning_rate,
@@ -352,7 +368,12 @@ class GRPOTrainer:
         temperature = self.config.temperature
         logprobs, mask = packed_token_logprobs(self.model, row, temperature=temperature)
         ref = None
-        if self.reference is not None:
+        if self.use_kl and self.lora is not None:  # the reference: this model with its adapters off
+            from sage_fast.rl.lora import adapters_off
+
+            with torch.no_grad(), adapters_off(self.lora):
+                ref, _ = packed_token_logprobs(self.model, row, temperature=temperature)
+        elif self.reference is not None:
             with torch.no_grad():
                 ref, _ = packed_token_logprobs(self.reference, row, temperature=temperature)
         advantages = token_advantages(sample_advantages[indices].to(device), lengths, mask)
@@ -465,11 +486,23 @@ class GRPOTrainer:
 
     def save_checkpoint(self) -> Path:
         """``checkpoint-<step>/``: a model folder, plus the optimizer, schedule and data cursor."""
+        save_model = None
+        if self.lora is not None:
+            from sage_fast.rl.lora import save_lora
+
+            def save_model(folder: Path) -> None:
+                save_lora(self.lora, folder)
         return self.run_folder.save(self.step, self.model, self.vlm.tokenizer, self.optimizer, self.scheduler,
-                                    self.source_folder, self.config)
+                                    self.source_folder, self.config, save_model=save_model)
 
     def _resume(self) -> None:
-        latest = self.run_folder.load_latest(self.model, self.optimizer, self.scheduler)
+        load_model = None
+        if self.lora is not None:
+            from sage_fast.rl.lora import load_lora
+
+            def load_model(folder: Path) -> None:
+                load_lora(self.lora, folder)
+        latest = self.run_folder.load_latest(self.model, self.optimizer, self.scheduler, load_model=load_model)
         self._resumed_at = 0  # with no checkpoint the policy is the initial model: step 0's rollouts fit
         if latest is not None:
             self.step = self._resumed_at = self.run_folder.step_of(latest)

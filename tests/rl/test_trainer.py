@@ -271,3 +271,33 @@ def test_only_rollouts_of_the_checkpointed_policy_are_reused(world, judge, tmp_p
     monkeypatch.setattr(second, "rollout", counted)
     metrics = second.train(items, progress=False)
     assert rolled == [3] and [m["step"] for m in metrics] == [1, 2, 3, 4]
+
+
+def test_lora_trains_adapters_only_with_the_base_as_reference(world, judge, tmp_path: Path) -> None:  # noqa: ANN001
+    _, folder, items = world
+    out = tmp_path / "run"
+    trainer = make_trainer(folder, judge[0], out, max_steps=2, learning_rate=5e-2, lora_rank=4)
+    assert trainer.reference is None  # no second copy of the weights
+    trainable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n and "language_model" in n for n in trainable)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    metrics = trainer.train(items, progress=False)
+    assert metrics[0]["kl"] == 0.0 and metrics[1]["kl"] > 0  # the adapters start at zero, then move the policy
+    after = dict(trainer.model.named_parameters())
+    assert all(torch.equal(before[n], after[n]) for n in before if n not in trainable)  # the base is frozen
+    assert any(not torch.equal(before[n], after[n]) for n in trainable)
+
+    # the checkpoint is a plain model folder with the adapters merged in, plus the adapters to resume from
+    checkpoint = out / "checkpoint-2"
+    assert (checkpoint / "adapter" / "adapter_model.safetensors").is_file()
+    merged = tiny_policy(checkpoint)
+    probe = torch.arange(3, 40).unsqueeze(0)
+    with torch.no_grad():
+        torch.testing.assert_close(merged.model(input_ids=probe).logits, trainer.model(input_ids=probe).logits,
+                                   atol=1e-5, rtol=1e-4)
+    resumed = make_trainer(folder, judge[0], out, max_steps=3, learning_rate=5e-2, lora_rank=4, epochs=2)
+    resumed._schedule(3)
+    resumed._resume()
+    assert resumed.step == 2
+    for name in trainable:
+        torch.testing.assert_close(dict(resumed.model.named_parameters())[name], after[name])

@@ -11,7 +11,8 @@ from pathlib import Path
 _OPTIONS = {"epochs": "num_train_epochs", "lr": "learning_rate", "batch_size": "batch_size",
             "per_device_batch_size": "per_device_batch_size", "grad_accum": "gradient_accumulation_steps",
             "max_length": "max_length", "max_steps": "max_steps", "save_steps": "save_steps", "device": "device",
-            "num_workers": "num_workers", "video_root": "video_root"}
+            "num_workers": "num_workers", "video_root": "video_root", "lora_rank": "lora_rank",
+            "precision": "precision"}
 _SETTINGS = {"records": None, "model": None, "out": "sage_sft"}
 
 
@@ -43,6 +44,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--num-workers", type=int, default=None,
                         help="DataLoader processes decoding frames and tokenizing (default 4)")
     parser.add_argument("--video-root", default=None, help="folder the records' relative video paths are under")
+    parser.add_argument("--lora-rank", type=int, default=None,
+                        help="train LoRA adapters of this rank instead of every weight (merged into OUT/final)")
+    parser.add_argument("--precision", default=None, choices=("auto", "bf16", "bf16-weights", "fp32"),
+                        help="bf16-weights: bf16 weights, gradients and AdamW states (half the memory of bf16 autocast)")
     parser.set_defaults(handler=run)
 
 

@@ -84,6 +84,11 @@ class SFTConfig:
         "help": f"attention over packed rows: {' or '.join(_ATTENTION)}"})
     gradient_checkpointing: bool = field(default=True, metadata={
         "help": "recompute activations in the backward (long Stage-1 rows need it on a GPU)"})
+    lora_rank: int = field(default=0, metadata={
+        "help": "0: train every weight (the paper); > 0: LoRA adapters of this rank on the language model's "
+                "projections (peft, through TRL), merged into the final model"})
+    lora_alpha: float = field(default=32.0, metadata={"help": "LoRA scale numerator (scale = alpha / rank)"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA input"})
     save_steps: int = field(default=500, metadata={"help": "optimizer steps between checkpoints"})
     save_total_limit: int | None = field(default=2, metadata={"help": "checkpoints kept (None: all)"})
     logging_steps: int = field(default=10, metadata={"help": "optimizer steps between log lines"})
@@ -96,6 +101,9 @@ class SFTConfig:
     deepspeed: str | None = field(default=None, metadata={"help": "DeepSpeed config JSON (or launch with accelerate)"})
 
     def __post_init__(self) -> None:
+        if self.lora_rank < 0 or (self.lora_rank and not (self.lora_alpha > 0 and 0 <= self.lora_dropout < 1)):
+            raise ValueError(f"need lora_rank >= 0, and with LoRA lora_alpha > 0 and 0 <= lora_dropout < 1; got "
+                             f"{self.lora_rank}, {self.lora_alpha}, {self.lora_dropout}")
         positive = {"learning_rate": self.learning_rate, "num_train_epochs": self.num_train_epochs,
                     "per_device_batch_size": self.per_device_batch_size, "max_length": self.max_length,
                     "save_steps": self.save_steps, "logging_steps": self.logging_steps}
@@ -293,9 +301,18 @@ def train_sft(model_path: str | Path, records_path: str | Path | SFTDataset, con
     model = AutoModelForImageTextToText.from_pretrained(start, attn_implementation=config.attn_implementation,
                                                         dtype=weights)
     indices = datasets.Dataset.from_dict({"index": list(range(len(dataset)))})
+    peft_config = None
+    if config.lora_rank:
+        from peft import LoraConfig
+
+        from sage_fast.rl.lora import LANGUAGE_PROJECTIONS
+
+        peft_config = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                                 target_modules=LANGUAGE_PROJECTIONS, bias="none")
     trainer = _sft_trainer_class()(
         model=model, args=args, train_dataset=indices, processing_class=builder.tokenizer,
-        data_collator=SFTCollator(model.config, dataset, count_skipped=True), callbacks=callbacks)
+        data_collator=SFTCollator(model.config, dataset, count_skipped=True), callbacks=callbacks,
+        peft_config=peft_config)
     trainer.preloaded_checkpoint = resume if start == resume else None
     if trainer.is_world_process_zero():
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -322,7 +339,16 @@ def _save_final(trainer: Any, source: Path, output_dir: Path) -> Path:
     if main:
         shutil.rmtree(staging, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
-    trainer.save_model(str(staging))
+    if hasattr(trainer.model, "merge_and_unload"):  # LoRA: the adapters, and the merged model beside them
+        trainer.save_model(str(staging / "adapter"))
+        if main:
+            import copy
+
+            merged = copy.deepcopy(trainer.accelerator.unwrap_model(trainer.model)).to("cpu").merge_and_unload()
+            merged.save_pretrained(staging)
+            del merged
+    else:
+        trainer.save_model(str(staging))
     if main:
         copy_side_files(source, staging)
         if final.exists():

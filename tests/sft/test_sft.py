@@ -158,3 +158,27 @@ def test_bf16_run_on_a_gpu_with_the_kernel_learns(material, make_stage2, tmp_pat
     train_sft(material.folder, path, config)
     losses = logged(tmp_path / "run")
     assert len(losses) == 40 and losses[-1] < 0.2 * losses[0], losses
+
+
+def test_lora_sft_learns_and_the_final_model_has_the_adapters_merged(material, make_stage2, tmp_path) -> None:  # noqa: ANN001
+    from transformers import AutoModelForImageTextToText
+
+    records = [make_stage2("hand/a", '<json>{"final_answer": "7"}</json>'),
+               make_stage2("hand/b", '<json>{"final_answer": null}</json>', question="Who scores?")]
+    path = tmp_path / "records.jsonl"
+    write_records(path, records)
+    config = fast(tmp_path, "run", learning_rate=2e-2, max_steps=2, batch_size=2, per_device_batch_size=2,
+                  lora_rank=8, save_steps=2, gradient_checkpointing=False)
+    train_sft(material.folder, path, config)
+    assert (tmp_path / "run" / "checkpoint-2" / "adapter_model.safetensors").is_file()  # adapters only
+    config = fast(tmp_path, "run", learning_rate=2e-2, max_steps=30, batch_size=2, per_device_batch_size=2,
+                  lora_rank=8, save_steps=2, gradient_checkpointing=False)
+    final = train_sft(material.folder, path, config)  # resumes at step 2
+    losses = logged(tmp_path / "run")
+    # the adapters alone move a random 64-wide model slowly: a clear, steady drop is what is asked
+    assert len(losses) == 30 and losses[-1] < losses[0] - 0.25 and losses[-1] < min(losses[:10]), losses
+    assert (final / "adapter" / "adapter_model.safetensors").is_file() and (final / "model.safetensors").is_file()
+    base = AutoModelForImageTextToText.from_pretrained(material.folder, dtype=torch.float32)
+    merged = AutoModelForImageTextToText.from_pretrained(final, dtype=torch.float32)
+    changed = {n for n, p in merged.state_dict().items() if not torch.equal(p, base.state_dict()[n])}
+    assert changed and all("language_model" in n and n.endswith(("proj.weight",)) for n in changed)

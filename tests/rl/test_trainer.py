@@ -273,10 +273,13 @@ def test_only_rollouts_of_the_checkpointed_policy_are_reused(world, judge, tmp_p
     assert rolled == [3] and [m["step"] for m in metrics] == [1, 2, 3, 4]
 
 
-def test_lora_trains_adapters_only_with_the_base_as_reference(world, judge, tmp_path: Path) -> None:  # noqa: ANN001
+def test_lora_trains_adapters_only_with_the_base_as_reference(world, judge, tmp_path: Path,  # noqa: ANN001
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     _, folder, items = world
     out = tmp_path / "run"
     trainer = make_trainer(folder, judge[0], out, max_steps=2, learning_rate=5e-2, lora_rank=4)
+    # a random tiny policy's episodes often tie on reward (advantage 0, nothing to learn): fixed advantages
+    monkeypatch.setattr(trainer, "advantages", lambda groups, rewards: torch.tensor([1.0, -1.0] * len(groups)))
     assert trainer.reference is None  # no second copy of the weights
     trainable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n and "language_model" in n for n in trainable)
@@ -293,8 +296,9 @@ def test_lora_trains_adapters_only_with_the_base_as_reference(world, judge, tmp_
     merged = tiny_policy(checkpoint)
     probe = torch.arange(3, 40).unsqueeze(0)
     with torch.no_grad():
+        # merged W + BA against W x + B(A x): float rounding only (a failed merge is off by O(1))
         torch.testing.assert_close(merged.model(input_ids=probe).logits, trainer.model(input_ids=probe).logits,
-                                   atol=1e-5, rtol=1e-4)
+                                   atol=2e-4, rtol=1e-3)
     resumed = make_trainer(folder, judge[0], out, max_steps=3, learning_rate=5e-2, lora_rank=4, epochs=2)
     resumed._schedule(3)
     resumed._resume()

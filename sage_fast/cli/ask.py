@@ -63,6 +63,18 @@ def tiny_model_folder(family: str) -> Path:
     return folder
 
 
+def local_model(spec: str) -> str | Path:
+    """A model to load with transformers (rl, sft): a folder, a hub id, or tiny / tiny-qwen3 built here."""
+    if spec in TINY:
+        from sage_fast.models.tiny import MEANINGLESS
+
+        print(f"warning: {MEANINGLESS}", file=sys.stderr)
+        return tiny_model_folder(TINY[spec])
+    if not (Path(spec).is_dir() or str(spec).count("/") == 1):
+        raise ValueError(f"--model {spec!r}: give a local Qwen-VL folder, a Hugging Face id (owner/name) or tiny")
+    return spec
+
+
 def parse_pruning(spec: str | None):  # noqa: ANN201 (a TokenPruningConfig or None)
     """``"keep_ratio=0.5"`` / ``"threshold=0.95"`` -> TokenPruningConfig."""
     if spec is None:

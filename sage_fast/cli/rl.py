@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from pathlib import Path
 
 # command-line option -> (section of RL.yaml, field)
 _OPTIONS = {
@@ -99,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     from sage_fast.models.transformers_backend import TransformersVLM
     from sage_fast.rl.trainer import GRPOTrainer
 
-    from .ask import TINY, tiny_model_folder
+    from .ask import local_model
 
     settings, grpo, agent, judge_config = resolve(args)
     if args.print_config:
@@ -109,14 +108,7 @@ def run(args: argparse.Namespace) -> int:
                               "grpo": to_dict(grpo), "agent": to_dict(agent)}, sort_keys=False), end="")
         return 0
     items = load_items(settings["data"], video_root=settings["video_root"], preset=settings["preset"])
-    model = settings["model"]
-    if model in TINY:
-        from sage_fast.models.tiny import MEANINGLESS
-
-        print(f"warning: {MEANINGLESS}", file=sys.stderr)
-        model = tiny_model_folder(TINY[model])
-    elif not (Path(model).is_dir() or str(model).count("/") == 1):
-        raise ValueError(f"--model {model!r}: give a local Qwen-VL folder, a Hugging Face id (owner/name) or tiny")
+    model = local_model(settings["model"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tiny model's note was said once above
         vlm = TransformersVLM(model, device=settings["device"])

@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     from sage_fast.config import to_dict
     from sage_fast.sft.trainer import train_sft
 
-    from .ask import TINY, tiny_model_folder
+    from .ask import local_model
 
     settings, config = resolve(args)
     if args.print_config:
@@ -99,14 +99,7 @@ def run(args: argparse.Namespace) -> int:
     records = Path(settings["records"])
     if not records.is_file():
         raise ValueError(f"{records}: no such SFT records file (make one with `sage-fast synth`)")
-    model = settings["model"]
-    if model in TINY:
-        from sage_fast.models.tiny import MEANINGLESS
-
-        print(f"warning: {MEANINGLESS}", file=sys.stderr)
-        model = tiny_model_folder(TINY[model])
-    elif not (Path(model).is_dir() or str(model).count("/") == 1):
-        raise ValueError(f"--model {model!r}: give a local Qwen-VL folder, a Hugging Face id (owner/name) or tiny")
+    model = local_model(settings["model"])
     print(f"[sft] {records} -> {config.output_dir} (lr {config.learning_rate:g}, effective batch "
           f"{config.batch_size or 'from --grad-accum'}, {config.num_train_epochs:g} epoch(s))", file=sys.stderr)
     with warnings.catch_warnings():

@@ -26,8 +26,7 @@ import torch
 
 from sage_fast.agent.trajectory import Trajectory, write_jsonl
 from sage_fast.jsonl import read_lines, write_lines
-
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+from sage_fast.models.model_files import copy_side_files
 
 
 class RunFolder:
@@ -80,11 +79,10 @@ class RunFolder:
         partial = self.output / f".checkpoint-{step}.partial"
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
-        for source in source_folder.iterdir() if source_folder.is_dir() else []:
-            if source.is_file() and not source.name.endswith(_WEIGHT_SUFFIXES) and "index.json" not in source.name:
-                shutil.copy2(source, partial / source.name)  # processor, chat template, tiny-model note
         (save_model or model.save_pretrained)(partial)
         tokenizer.save_pretrained(partial)
+        if source_folder.is_dir():
+            copy_side_files(source_folder, partial)  # processor, chat template, tiny-model note
         torch.save({"optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
                     "torch_rng": torch.get_rng_state()}, partial / "trainer.pt")

@@ -42,6 +42,7 @@ import torch
 from sage_fast.agent.loop import Agent, AgentConfig, default_tools, run_blocking
 from sage_fast.agent.samples import sample_frames, tokenize_sample, turn_samples
 from sage_fast.agent.trajectory import Trajectory, read_jsonl
+from sage_fast.eval.datasets import EvalItem, items_from_records
 from sage_fast.models import packed_attention
 from sage_fast.rl.grpo import (
     GRPOLossConfig,
@@ -110,30 +111,6 @@ class GRPOConfig:
                              f"{self.lora_rank}, {self.lora_alpha}, {self.lora_dropout}")
         if not (self.learning_rate > 0 and 0 <= self.warmup_ratio < 1 and self.max_grad_norm >= 0):
             raise ValueError("need learning_rate > 0, 0 <= warmup_ratio < 1 and max_grad_norm >= 0")
-
-
-@dataclass(frozen=True)
-class RLItem:
-    """One training question: what the agent is asked, and the ground truth the judge compares with."""
-
-    id: str
-    video_path: str
-    question: str
-    answer: str
-    options: tuple[str, ...] | None = None
-
-    @classmethod
-    def from_any(cls, item: Any) -> RLItem:
-        """From an eval/RL dataset record (:class:`sage_fast.eval.datasets.EvalItem`) or a mapping."""
-        get = item.get if isinstance(item, dict) else (lambda key, default=None: getattr(item, key, default))
-        missing = [k for k in ("id", "video_path", "question", "answer") if get(k) in (None, "")]
-        if missing:
-            raise ValueError(f"RL item {get('id')!r} lacks {', '.join(missing)}: every question needs an id, "
-                             "a video_path, the question and its ground-truth answer")
-        options = get("options")
-        question = get("prompt") or get("question")  # an EvalItem's prompt carries its lettered options
-        return cls(str(get("id")), str(get("video_path")), str(question), str(get("answer")),
-                   tuple(options) if options else None)
 
 
 @dataclass
@@ -221,14 +198,14 @@ class GRPOTrainer:
 
     # ---- one step ------------------------------------------------------------------------------
 
-    async def rollout(self, items: Sequence[RLItem], step: int) -> list[list[Trajectory]]:
+    async def rollout(self, items: Sequence[EvalItem], step: int) -> list[list[Trajectory]]:
         """``group_size`` episodes of every item, under the scheduler, on the policy."""
         from sage_fast.rollout import SchedulerConfig
         from sage_fast.rollout.agent_rollout import run_agent_rollout
         from sage_fast.rollout.engines import ContinuousTransformersEngine, TransformersEngine
 
         agent = self._agent(step)
-        groups = [[{"video": item.video_path, "question": item.question,
+        groups = [[{"video": item.video_path, "question": item.prompt,
                     "metadata": {"id": item.id, "ground_truth": item.answer, "rl_step": step}}] * self.config.group_size
                   for item in items]
         if self.config.engine == "continuous":
@@ -243,20 +220,20 @@ class GRPOTrainer:
             await engine.aclose()
         return result.trajectories
 
-    async def score(self, items: Sequence[RLItem], groups: list[list[Trajectory]]) -> list[list[RewardBreakdown]]:
+    async def score(self, items: Sequence[EvalItem], groups: list[list[Trajectory]]) -> list[list[RewardBreakdown]]:
         """The judge's verdicts turned into the paper's episode rewards."""
 
-        async def one(item: RLItem, trajectory: Trajectory) -> RewardBreakdown:
+        async def one(item: EvalItem, trajectory: Trajectory) -> RewardBreakdown:
             correct = None
             if trajectory.answer is not None and not trajectory.could_not_produce:
-                verdict = await self.judge.ajudge_answer(item.question, item.answer, trajectory.answer,
-                                                         options=list(item.options) if item.options else None)
+                verdict = await self.judge.ajudge_answer(item.prompt, item.answer, trajectory.answer,
+                                                         options=item.options)
                 correct = verdict.correct
             steps: list[bool] = []
             if self.config.step_reward:  # each call judged with the calls before it, all at once
                 calls = [{"name": c.name, "arguments": c.arguments, "result": c.result} for c in trajectory.tool_calls]
                 verdicts = await asyncio.gather(*(
-                    self.judge.ajudge_tool_step(item.question, calls[:k], {"name": c["name"], "arguments": c["arguments"]})
+                    self.judge.ajudge_tool_step(item.prompt, calls[:k], {"name": c["name"], "arguments": c["arguments"]})
                     for k, c in enumerate(calls)))
                 steps = [v.correct for v in verdicts]
             return episode_reward(trajectory, correct, steps, self.config.rewards)
@@ -392,10 +369,11 @@ class GRPOTrainer:
 
     # ---- the loop ------------------------------------------------------------------------------
 
-    def train(self, items: Sequence[Any], *, progress: bool = True,
+    def train(self, items: Sequence[EvalItem | dict[str, Any]], *, progress: bool = True,
               on_step: Callable[[StepResult], None] | None = None) -> list[dict[str, float]]:
         """Runs (or resumes) the whole schedule over ``items``; returns every step's metrics."""
-        items = [RLItem.from_any(item) for item in items]
+        # benchmark-style records are checked like eval's: fields, videos, unique ids (the resume key)
+        items = list(items) if all(isinstance(i, EvalItem) for i in items) else items_from_records(list(items))
         if not items:
             raise ValueError("no RL items: give at least one question")
         per_epoch = math.ceil(len(items) / self.config.prompts_per_step)
@@ -423,7 +401,7 @@ class GRPOTrainer:
                 self.save_checkpoint()
         return metrics
 
-    def train_step(self, items: Sequence[RLItem]) -> StepResult:
+    def train_step(self, items: Sequence[EvalItem]) -> StepResult:
         """Rollout, score, update: one optimizer step on ``items``."""
         started = time.perf_counter()
         torch.manual_seed(self.config.seed * 1_000_003 + self.step)
@@ -459,7 +437,7 @@ class GRPOTrainer:
 
     # ---- persistence ---------------------------------------------------------------------------
 
-    def _stored_rollouts(self, items: Sequence[RLItem]) -> list[list[Trajectory]] | None:
+    def _stored_rollouts(self, items: Sequence[EvalItem]) -> list[list[Trajectory]] | None:
         """This step's rollouts from an earlier attempt, when they were made by the policy as it is
         now (the step the run resumed at, whose checkpoint holds those very weights) for these
         questions; a later step's file came from weights that were not saved and is rolled again."""

@@ -35,12 +35,12 @@ from typing import Any
 
 import torch
 
+from sage_fast.models.model_files import copy_side_files
 from sage_fast.models.packed_attention import ATTN_NAME
 from sage_fast.sft.collator import SKIPPED_KEY, SFTCollator
 from sage_fast.sft.dataset import TRUNCATION, PromptBuilder, SFTDataset
 
 FINAL = "final"
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".gguf")
 _ATTENTION = (ATTN_NAME, "flash_attention_2")  # both split a packed row by its cu_seq_lens / positions
 
 
@@ -243,20 +243,6 @@ def resume_checkpoint(config: SFTConfig) -> str | None:
         raise ValueError(f"resume={config.resume!r}: not a checkpoint folder (no trainer_state.json); "
                          "use auto, never or a checkpoint-N folder")
     return config.resume
-
-
-def copy_side_files(source: Path, target: Path) -> list[str]:
-    """Copies the source model folder's non-weight files that ``target`` lacks (processor and
-    video-processor configs, chat template, tokenizer files, the tiny model's note)."""
-    copied = []
-    for path in sorted(source.iterdir()):
-        if (not path.is_file() or path.name.startswith(".") or path.name == "README.md"
-                or path.name.endswith(_WEIGHT_SUFFIXES) or path.name.endswith(".index.json")
-                or (target / path.name).exists()):
-            continue
-        shutil.copy2(path, target / path.name)
-        copied.append(path.name)
-    return copied
 
 
 def _has_weights(folder: Path) -> bool:

@@ -13,12 +13,13 @@ import torch
 from sage_fast.agent.loop import AgentConfig, run_blocking
 from sage_fast.agent.samples import IGNORE_INDEX, sample_frames, tokenize_sample, turn_samples
 from sage_fast.agent.trajectory import Trajectory, read_jsonl
+from sage_fast.eval.datasets import EvalItem
 from sage_fast.eval.judge import Judge, JudgeConfig
 from sage_fast.models.base import SamplingConfig
 from sage_fast.models.tiny import build_tiny_model
 from sage_fast.models.transformers_backend import TransformersVLM
 from sage_fast.rl.grpo import GRPOLossConfig
-from sage_fast.rl.trainer import GRPOConfig, GRPOTrainer, RLItem
+from sage_fast.rl.trainer import GRPOConfig, GRPOTrainer
 from sage_fast.testing import OpenAIStub
 from sage_fast.video import open_video
 from sage_fast.video.synth import IndexedVideoSpec, make_indexed_video
@@ -29,7 +30,8 @@ def world(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     root = tmp_path_factory.mktemp("rl")
     folder = build_tiny_model(root / "tiny", "qwen2_5_vl")
     video = make_indexed_video(root / "v.mp4", IndexedVideoSpec(num_frames=40, fps=4.0))
-    items = [RLItem(f"q{i}", str(video), f"Which number is shown at second {i}?", str(4 * i)) for i in range(3)]
+    items = [EvalItem(id=f"q{i}", question=f"Which number is shown at second {i}?", answer=str(4 * i),
+                      video_path=str(video)) for i in range(3)]
     return root, folder, items
 
 
@@ -168,12 +170,13 @@ def test_train_checkpoints_and_resumes(world, judge, tmp_path: Path) -> None:  #
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
 
 
-def test_config_and_item_errors_name_the_fix(world, judge) -> None:  # noqa: ANN001
+def test_config_and_item_errors_name_the_fix(world, judge, tmp_path: Path) -> None:  # noqa: ANN001
     _, folder, _ = world
     with pytest.raises(ValueError, match="group_size"):
         GRPOConfig(group_size=1)
-    with pytest.raises(ValueError, match="ground-truth answer"):
-        RLItem.from_any({"id": "x", "video_path": "v.mp4", "question": "q"})
+    trainer = make_trainer(folder, judge[0], tmp_path / "run")
+    with pytest.raises(ValueError, match="record 0"):  # records are checked like eval's: the answer is missing
+        trainer.train([{"id": "x", "video_path": str(folder), "question": "q"}], progress=False)
     from sage_fast.models.token_pruning import TokenPruningConfig
 
     with pytest.raises(ValueError, match="token_pruning"):

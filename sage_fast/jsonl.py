@@ -53,21 +53,44 @@ def read_lines(path: str | Path, *, what: str = "JSON line") -> Iterator[tuple[i
         yield number, data
 
 
+def ends_with_newline(path: str | Path) -> bool:
+    """Whether a non-empty file's last byte is a newline (read from the end, not the whole file)."""
+    with open(path, "rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        if handle.tell() == 0:
+            return True
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) == b"\n"
+
+
+def _last_line_start(handle: Any, size: int, block: int = 1 << 16) -> int:
+    """Offset just after the last newline before the end (0 if none), read backwards in blocks."""
+    end = size
+    while end > 0:
+        start = max(0, end - block)
+        handle.seek(start)
+        found = handle.read(end - start).rfind(b"\n")
+        if found >= 0:
+            return start + found + 1
+        end = start
+    return 0
+
+
 def seal(path: str | Path) -> None:
     """Makes ``path`` end with a whole line before appending to it: a torn last line is cut off (its
-    unit runs again), a complete one that only lacks its newline gets it."""
+    unit runs again), a complete one that only lacks its newline gets it. Only the file's tail is
+    read, so resuming a run with gigabytes of trajectories costs nothing."""
     path = Path(path)
-    if not path.is_file() or path.stat().st_size == 0:
+    if not path.is_file() or ends_with_newline(path):
         return
-    data = path.read_bytes()
-    if data.endswith(b"\n"):
-        return
-    start = data.rfind(b"\n") + 1
-    try:
-        json.loads(data[start:])
-    except ValueError:
-        with open(path, "r+b") as handle:
+    with open(path, "r+b") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        start = _last_line_start(handle, size)
+        handle.seek(start)
+        try:
+            json.loads(handle.read(size - start))
+        except ValueError:
             handle.truncate(start)
-        return
-    with open(path, "ab") as handle:
+            return
+        handle.seek(0, os.SEEK_END)
         handle.write(b"\n")

@@ -44,7 +44,7 @@ from sage_fast.data.questions import (
     set_problems,
     validate_questions,
 )
-from sage_fast.jsonl import append_lines, read_lines, write_lines
+from sage_fast.jsonl import append_lines, ends_with_newline, read_lines, write_lines
 from sage_fast.video.timecode import format_timestamp
 
 # Video types the Gemini API takes, by file extension.
@@ -345,8 +345,7 @@ def _read_lines(path: Path) -> tuple[list[dict[str, Any]], bool]:
     if not path.is_file():
         return [], False
     records = [record for _, record in read_lines(path, what="JSON record; fix or remove the line")]
-    size = path.stat().st_size
-    return records, size > 0 and not path.read_bytes().endswith(b"\n")
+    return records, not ends_with_newline(path)
 
 
 def finished_videos(config: SynthConfig) -> set[str]:

@@ -9,6 +9,7 @@
 
 #include "build_info.h"
 #include "scheduler/packing.h"
+#include "scheduler/py_fastcall.h"
 #include "scheduler/scheduler.h"
 
 #ifdef SAGE_FAST_HAS_FFMPEG
@@ -66,17 +67,6 @@ py::dict index_arrays(const VideoIndex& index) {
 }
 #endif
 
-// Decisions cross into Python as plain tuples (kind, episode, group, aux, time): the cheapest
-// object pybind11 builds, and what the Python fallback returns too.
-py::list decisions_to_list(const std::vector<sched::Decision>& decisions) {
-  py::list out(decisions.size());
-  for (size_t i = 0; i < decisions.size(); ++i) {
-    const sched::Decision& d = decisions[i];
-    out[i] = py::make_tuple(d.kind, d.episode, d.group, d.aux, d.time);
-  }
-  return out;
-}
-
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -124,47 +114,45 @@ PYBIND11_MODULE(_C, m) {
            py::arg("episode_timeout"), py::arg("max_active_groups"), py::arg("group_priority"))
       .def("add_group", [](Scheduler& s, int32_t size, int64_t cost, double now, bool prepare) {
              const int64_t g = s.add_group(size, cost, now, prepare);
-             return py::make_tuple(g, decisions_to_list(s.take()));
+             return py::make_tuple(g, sched::take_decisions(s));
            }, py::arg("size"), py::arg("cost"), py::arg("now"), py::arg("prepare") = false,
            "-> (group id, decisions)")
       .def("finish", [](Scheduler& s, int64_t e, int32_t reason, double now) {
              s.finish_episode(e, reason, now);
-             return decisions_to_list(s.take());
+             return sched::take_decisions(s);
            }, py::arg("episode"), py::arg("reason"), py::arg("now"))
       .def("turn_finished", [](Scheduler& s, int64_t e, int32_t action, int64_t next_cost, double now) {
              s.turn_finished(e, action, next_cost, now);
-             return decisions_to_list(s.take());
+             return sched::take_decisions(s);
            }, py::arg("episode"), py::arg("action"), py::arg("next_cost"), py::arg("now"))
       .def("tool_finished", [](Scheduler& s, int64_t e, int64_t next_cost, double now) {
              s.tool_finished(e, next_cost, now);
-             return decisions_to_list(s.take());
+             return sched::take_decisions(s);
            }, py::arg("episode"), py::arg("next_cost"), py::arg("now"))
       .def("advance", [](Scheduler& s, double now) {
              s.advance(now);
-             return decisions_to_list(s.take());
+             return sched::take_decisions(s);
            }, py::arg("now"))
       .def("fail", [](Scheduler& s, int64_t e, double now) {
              s.fail(e, now);
-             return decisions_to_list(s.take());
+             return sched::take_decisions(s);
            }, py::arg("episode"), py::arg("now"))
       .def("cancel", [](Scheduler& s, int64_t e, double now) {
              s.cancel(e, now);
-             return decisions_to_list(s.take());
+             return sched::take_decisions(s);
            }, py::arg("episode"), py::arg("now"))
       .def("cancel_group", [](Scheduler& s, int64_t g, double now) {
              s.cancel_group(g, now);
-             return decisions_to_list(s.take());
+             return sched::take_decisions(s);
            }, py::arg("group"), py::arg("now"))
-      .def("replay", [](Scheduler& s, const std::vector<std::tuple<int32_t, int64_t, int64_t, int64_t, double>>& events) {
-             std::vector<sched::Event> evs;
-             evs.reserve(events.size());
-             for (const auto& [code, a, b, c, t] : events) evs.push_back(sched::Event{code, a, b, c, t});
+      .def("replay", [](Scheduler& s, py::handle events) {
+             const std::vector<sched::Event> evs = sched::events_from_sequence(events);
              std::vector<sched::Decision> out;
              {
                py::gil_scoped_release release;
                out = s.replay(evs);
              }
-             return decisions_to_list(out);
+             return sched::decisions_to_list(out);
            }, py::arg("events"),
            "Feeds recorded (code, a, b, c, time) events in one call (GIL released) and returns every decision.")
       .def("replay_arrays",
@@ -212,6 +200,9 @@ PYBIND11_MODULE(_C, m) {
              return d;
            }, py::arg("code"), py::arg("a"), py::arg("b"), py::arg("c"), py::arg("time"),
            "replay over column arrays (GIL released): -> {'kind', 'episode', 'group', 'aux', 'time'} arrays.")
+      .def("fast_calls", &sched::fast_calls,
+           "(turn_finished, tool_finished, advance, fail, next_deadline) as builtin functions bound to this "
+           "core: the same calls without pybind11's dispatcher, for drivers that call once per event.")
       .def("next_deadline", &Scheduler::next_deadline, "Earliest live time-out in seconds (inf when none).")
       .def("state", &Scheduler::state, py::arg("episode"))
       .def("turns", &Scheduler::turns, py::arg("episode"))

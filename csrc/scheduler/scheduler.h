@@ -84,6 +84,11 @@ class Scheduler {
   int64_t cancel_group(int64_t group, double now);
 
   std::vector<Decision> take();              // decisions since the last take(), in order
+  // The decisions since the last clear, in order, without moving them out: a binding that copies
+  // them into its own objects and then calls clear_decisions() keeps the buffer's capacity, so
+  // the per-event path allocates nothing on the C++ side.
+  const std::vector<Decision>& decisions() const { return out_; }
+  void clear_decisions() { out_.clear(); }
   std::vector<Decision> replay(const std::vector<Event>& events);  // all decisions of a trace
   double next_deadline();                    // earliest live time-out (+inf when none)
   int32_t state(int64_t episode) const;

@@ -3,8 +3,10 @@ asynchronously (the scheduler core) or lock-step, in seconds of wall time.
 
 THIS IS A SIMULATION. Generation cost comes from a model of a continuous-batching engine (an
 iteration costs ``step_base_s + step_per_seq_s * decoding_sequences + prefill_chunk /
-prefill_tokens_per_s``; admission only at iteration boundaries; chunked prefill in FIFO order),
-and tool latency from a log-normal distribution. Episodes are pre-scripted from a seed (turn
+prefill_tokens_per_s``; admission only at iteration boundaries; chunked prefill in FIFO order;
+optionally automatic prefix caching, on by default in vLLM V1 and SGLang: a prompt prefix that a
+finished prefill computed is not computed again), and tool latency from a log-normal
+distribution. Episodes are pre-scripted from a seed (turn
 count, prompt and output lengths, tool or not, tool latency), so both schedules run exactly the
 same work and the comparison isolates scheduling. The defaults model an 8B Qwen-VL orchestrator
 on one H100 under vLLM; bench/bench_scheduler.py and bench/RESULTS.md state them.
@@ -17,6 +19,7 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -43,10 +46,17 @@ class WorkloadConfig:
     p_tool: float = 0.9  # a non-answer turn asks for a tool (else a no-tool note, no wait)
     tool_median_s: float = 2.0
     tool_p99_s: float = 60.0
+    # Stage-2's system prompt and tool schemas, the same text in every episode's every Stage-2
+    # prompt (a prefix a prefix-caching engine computes once). A GRPO group's 8 Stage-1 prompts are
+    # identical as a whole (same question, same uniformly sampled frames), so they share all of it.
+    stage2_shared_tokens: int = 1_000
 
     def __post_init__(self) -> None:
         if self.groups < 1 or self.group_size < 1 or self.max_turns < 1:
             raise ValueError("groups, group_size and max_turns must be >= 1")
+        if not 0 <= self.stage2_shared_tokens <= self.stage2_prompt_tokens:
+            raise ValueError(f"stage2_shared_tokens must be in [0, stage2_prompt_tokens="
+                             f"{self.stage2_prompt_tokens}], got {self.stage2_shared_tokens}")
         if not 0 < self.tool_median_s < self.tool_p99_s:
             raise ValueError(f"need 0 < tool_median_s < tool_p99_s, got {self.tool_median_s}, {self.tool_p99_s}")
         for name in ("p_stage1_answer", "p_stage2_answer", "p_tool"):
@@ -66,6 +76,10 @@ class EngineModel:
     step_base_s: float = 0.015  # one decode iteration at batch 1 (weights read once)
     step_per_seq_s: float = 0.0003  # each decoding sequence adds this (KV reads, sampling)
     chunk_tokens: int = 8192  # prefill tokens per iteration (chunked prefill)
+    # Automatic prefix caching: once a request's prefill has computed a shared prefix, requests
+    # with that prefix that have not started their prefill skip it (FIFO prefill means a GRPO
+    # group's followers queue behind its leader and hit). Off keeps every prompt computed in full.
+    prefix_caching: bool = False
 
     def __post_init__(self) -> None:
         if self.prefill_tokens_per_s <= 0 or self.step_base_s <= 0 or self.step_per_seq_s < 0 or self.chunk_tokens < 1:
@@ -74,19 +88,28 @@ class EngineModel:
 
 @dataclass
 class Script:
-    """One episode's pre-drawn turns: prompt tokens, output tokens, action and tool latency each."""
+    """One episode's pre-drawn turns: prompt tokens, output tokens, action and tool latency each,
+    and each prompt's shared prefix (key, tokens) that a prefix-caching engine may reuse."""
 
     prompt: list[int]
     output: list[int]
     action: list[int]
     tool_s: list[float]
+    prefix_key: list[int] = field(default_factory=list)  # per turn; -1 = shared by every Stage-2 prompt
+    prefix_tokens: list[int] = field(default_factory=list)
+
+    def prefix(self, turn: int) -> tuple[int | None, int]:
+        """(key, tokens) of turn ``turn``'s shared prompt prefix; (None, 0) when it has none."""
+        if turn < len(self.prefix_key) and self.prefix_tokens[turn] > 0:
+            return self.prefix_key[turn], self.prefix_tokens[turn]
+        return None, 0
 
 
 def make_workload(config: WorkloadConfig, seed: int = 0) -> list[Script]:
     """Episodes in group order (group g holds episodes g*size ... g*size+size-1)."""
     rng = np.random.default_rng(seed)
     scripts = []
-    for _ in range(config.groups * config.group_size):
+    for index in range(config.groups * config.group_size):
         if rng.random() < config.p_stage1_answer:
             n = 1
         else:
@@ -102,30 +125,52 @@ def make_workload(config: WorkloadConfig, seed: int = 0) -> list[Script]:
         output = np.clip(np.round(config.output_median * np.exp(config.output_sigma * rng.standard_normal(n))),
                          16, config.max_new_tokens).astype(int).tolist()
         tools = (config.tool_median_s * np.exp(config.tool_sigma * rng.standard_normal(n))).tolist()
-        scripts.append(Script(prompt, output, actions, tools))
+        # Stage-1 prompts are shared whole within the group (key = group index); every Stage-2
+        # prompt starts with the same system prompt (key -1).
+        prefix_key = [index // config.group_size] + [-1] * (n - 1)
+        prefix_tokens = [config.stage1_prompt_tokens] + [config.stage2_shared_tokens] * (n - 1)
+        scripts.append(Script(prompt, output, actions, tools, prefix_key, prefix_tokens))
     return scripts
 
 
 class EngineSim:
     """Iteration-level engine model with O(log n) fast-forward: decoding sequences finish at a known
-    iteration, prefill is a FIFO of cumulative token offsets."""
+    iteration; prefill is a FIFO of requests, each with the tokens it still has to compute."""
 
     def __init__(self, model: EngineModel) -> None:
         self.model = model
         self.iteration = 0
         self.busy_s = 0.0
-        self._prefill: deque[tuple[int, int, int]] = deque()  # (end offset, key, decode tokens)
-        self._pf_total = 0
-        self._pf_done = 0
+        self.prefill_tokens = 0  # tokens actually computed by prefill (after prefix-cache hits)
+        self.cached_tokens = 0  # prompt tokens served from the prefix cache
+        # [tokens left, key, decode tokens, prefix key, prefix tokens, tokens computed]
+        self._prefill: deque[list] = deque()
+        self._pf_pending = 0
+        self._cache: dict[int, int] = {}  # prefix key -> tokens of it computed and cached
         self._decode: list[tuple[int, int, int]] = []  # (finish iteration, order, key)
         self._decoding: set[int] = set()
         self._dropped: set[int] = set()
         self._order = 0
 
-    def add(self, key: int, prompt: int, decode: int) -> None:
+    def add(self, key: int, prompt: int, decode: int, prefix_key: int | None = None, prefix_tokens: int = 0) -> None:
         self._dropped.discard(key)
-        self._pf_total += prompt
-        self._prefill.append((self._pf_total, key, decode))
+        request = [prompt, key, decode, prefix_key, min(prefix_tokens, prompt), 0]
+        self._prefill.append(request)
+        self._pf_pending += prompt
+        self._hit(request)
+
+    def _hit(self, request: list) -> None:
+        """Skips the cached part of a request's shared prefix, if its prefill has not started.
+        At least one token is always computed (an engine recomputes the last prompt token)."""
+        if not self.model.prefix_caching or request[3] is None or request[5] > 0:
+            return
+        cached = min(self._cache.get(request[3], 0), request[4])
+        skip = min(cached, request[0] - 1)
+        if skip > 0:
+            request[0] -= skip
+            self._pf_pending -= skip
+            self.cached_tokens += skip
+            request[4] = 0  # served; nothing more to skip
 
     def drop(self, key: int) -> None:
         """Aborts a request (its prefill work already queued is still spent, as in a real engine)."""
@@ -140,7 +185,7 @@ class EngineSim:
         """Runs iterations from ``now`` up to the first one where a request finishes prefill or
         decoding, or the first iteration boundary at or after ``until``; returns (time, finished keys)."""
         m = self.model
-        pending = self._pf_total - self._pf_done
+        pending = self._pf_pending
         k = math.inf
         chunk = 0
         if pending > 0:
@@ -148,8 +193,7 @@ class EngineSim:
                 chunk, k = pending, 1
             else:
                 chunk = m.chunk_tokens
-                head = self._prefill[0][0] - self._pf_done
-                k = max(1, math.ceil(head / chunk))
+                k = max(1, math.ceil(self._prefill[0][0] / chunk))
                 if k * chunk > pending:
                     k -= 1
         while self._decode and self._decode[0][2] not in self._decoding:
@@ -163,9 +207,24 @@ class EngineSim:
         now += k * dt
         self.busy_s += k * dt
         self.iteration += k
-        self._pf_done += k * chunk
-        while self._prefill and self._prefill[0][0] <= self._pf_done:
-            _, key, decode = self._prefill.popleft()
+        budget = k * chunk
+        while budget > 0 and self._prefill:
+            request = self._prefill[0]
+            take = min(budget, request[0])
+            request[0] -= take
+            request[5] += take
+            budget -= take
+            self._pf_pending -= take
+            self.prefill_tokens += take
+            if request[0] > 0:
+                break
+            self._prefill.popleft()
+            _, key, decode, prefix_key, prefix_tokens, _ = request
+            if prefix_key is not None and prefix_tokens > 0 and self._cache.get(prefix_key, 0) < prefix_tokens:
+                self._cache[prefix_key] = prefix_tokens
+                for waiting in self._prefill:  # requests behind it now find the prefix cached
+                    if waiting[3] == prefix_key:
+                        self._hit(waiting)
             if key in self._dropped:
                 continue
             self._decoding.add(key)
@@ -214,11 +273,14 @@ def _cost(script: Script, turn: int, max_new: int) -> int:
 
 
 def simulate_async(scripts: list[Script], group_size: int, engine: EngineModel, config: SchedulerConfig, *,
-                   impl: Impl = "auto", record: bool = False, max_new_tokens: int = 1024) -> tuple[SimResult, Scheduler]:
-    """The scheduler's schedule: each episode's next turn is queued as soon as its tool returns."""
+                   impl: Impl = "auto", record: bool = False, max_new_tokens: int = 1024,
+                   scheduler: Any = None) -> tuple[SimResult, Scheduler]:
+    """The scheduler's schedule: each episode's next turn is queued as soon as its tool returns.
+    ``scheduler`` drives a ready object with the Scheduler API instead of a new one (the overhead
+    benchmark passes a tape of recorded answers, to time this loop without any scheduling)."""
     if len(scripts) % group_size:
         raise ValueError(f"len(scripts)={len(scripts)} is not a multiple of group_size={group_size}")
-    sched = Scheduler(config, impl=impl, record=record)
+    sched = scheduler if scheduler is not None else Scheduler(config, impl=impl, record=record)
     sim = EngineSim(engine)
     now = 0.0
     tools: list[tuple[float, int, int, int]] = []  # (finish time, order, episode, tool id)
@@ -235,7 +297,7 @@ def simulate_async(scripts: list[Script], group_size: int, engine: EngineModel, 
             kind, e, _, aux, t = d
             if kind == DecisionKind.ADMIT:
                 s = scripts[e]
-                sim.add(e, s.prompt[aux], s.output[aux])
+                sim.add(e, s.prompt[aux], s.output[aux], *s.prefix(aux))
                 stats_turns += 1
             elif kind == DecisionKind.START_TOOL:
                 tool_id[e] += 1
@@ -322,7 +384,7 @@ def simulate_lockstep(scripts: list[Script], engine: EngineModel, config: Schedu
                     break
                 queue.popleft()
                 generating[e] = cost
-                sim.add(e, scripts[e].prompt[k], scripts[e].output[k])
+                sim.add(e, scripts[e].prompt[k], scripts[e].output[k], *scripts[e].prefix(k))
                 turns += 1
             now, finished = sim.step(now, math.inf)
             for e in finished:

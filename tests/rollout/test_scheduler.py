@@ -252,3 +252,70 @@ def test_fallback_is_chosen_without_the_compiled_scheduler(monkeypatch: pytest.M
     assert Scheduler(SchedulerConfig()).impl == "python"
     with pytest.raises(ValueError, match="impl must be"):
         facade.resolve_impl("rust")  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(not cpp_available(), reason="compiled core not built")
+@pytest.mark.parametrize("seed", range(3))
+def test_fast_calls_decide_like_the_pybind_methods(seed: int) -> None:
+    """The METH_FASTCALL per-event calls (what the facade uses when not recording) against the
+    core's pybind11 methods, one call per event on fuzzed traces: same decisions, same deadlines."""
+    from sage_fast import _ext
+
+    config = SchedulerConfig(max_seqs=2 + seed, max_tokens=400, max_turns=3 + seed, tool_timeout=3.0,
+                             episode_timeout=[0.0, 30.0, 12.0][seed])
+    events = fuzz_events(100 + seed, config, n=1500)
+    fast = Scheduler(config, impl="cpp")
+    assert type(fast.turn_finished).__name__ == "builtin_function_or_method"  # not a pybind11 method
+    args = (config.max_seqs, config.max_tokens, config.max_turns, config.tool_timeout, config.episode_timeout,
+            config.max_active_groups, config.group_priority)
+    plain = _ext.load().RolloutScheduler(*args)
+    for code, a, b, c, t in events:
+        if code == 1:
+            got, want = fast.turn_finished(a, b, c, t), plain.turn_finished(a, b, c, t)
+        elif code == 2:
+            got, want = fast.tool_finished(a, b, t), plain.tool_finished(a, b, t)
+        elif code == 3:
+            got, want = fast.advance(t), plain.advance(t)
+        elif code == 4:
+            got, want = fast.fail(a, t), plain.fail(a, t)
+        else:  # the rarer events go through the ordinary methods on both
+            got, want = fast.replay([(code, a, b, c, t)]), plain.replay([(code, a, b, c, t)])
+        assert got == want
+        assert fast.next_deadline() == plain.next_deadline()
+    assert fast.stats() == plain.stats() and fast.stats()["decisions"] > 300
+
+
+@pytest.mark.skipif(not cpp_available(), reason="compiled core not built")
+def test_fast_calls_check_their_arguments_and_keep_the_core_alive() -> None:
+    import gc
+
+    s = Scheduler(SchedulerConfig(max_seqs=2, tool_timeout=5.0), impl="cpp")
+    s.add_group(2, 5, 0.0)
+    turn_finished, next_deadline = s.turn_finished, s.next_deadline
+    with pytest.raises(TypeError, match=r"takes 4 arguments, got 3"):
+        turn_finished(0, 1, 5)
+    with pytest.raises(TypeError, match="action must be an int"):
+        turn_finished(0, 1.0, 5, 1.0)
+    with pytest.raises(OverflowError, match="action"):
+        turn_finished(0, 2**40, 5, 1.0)
+    with pytest.raises(IndexError, match="unknown episode 7"):
+        turn_finished(7, 1, 5, 1.0)
+    with pytest.raises(ValueError, match="NaN"):
+        s.advance(math.nan)
+    with pytest.raises(TypeError):
+        s.tool_finished("0", 5, 1.0)
+    assert turn_finished(0, TurnAction.TOOL, 5, 1.0) == [(S, 0, 0, 0, 1.0)]  # IntEnum members pass
+    del s
+    gc.collect()
+    assert next_deadline() == 6.0  # the functions hold the core
+
+
+@pytest.mark.skipif(not cpp_available(), reason="compiled core not built")
+def test_replay_names_a_bad_event_row() -> None:
+    s = Scheduler(SchedulerConfig(), impl="cpp")
+    with pytest.raises(ValueError, match=r"events\[1\] must be a \(code, a, b, c, time\) tuple"):
+        s.replay([(0, 1, 5, 0, 0.0), [2, 0, 5, 0, 1.0]])
+    with pytest.raises(TypeError, match="a must be an int"):
+        s.replay([(0, 1.5, 5, 0, 0.0)])
+    with pytest.raises(TypeError, match="sequence"):
+        s.replay(7)

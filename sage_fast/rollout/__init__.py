@@ -16,5 +16,16 @@ from sage_fast.rollout.types import (
     TurnAction,
 )
 
-__all__ = ["Decision", "DecisionKind", "EpisodeState", "EventCode", "FinishReason", "Scheduler",
-           "SchedulerConfig", "TurnAction", "cpp_available", "resolve_impl"]
+__all__ = ["CompletedGroup", "Decision", "DecisionKind", "EpisodeState", "EventCode", "FinishReason", "RolloutStream",
+           "Scheduler", "SchedulerConfig", "StreamFigures", "TurnAction", "cpp_available", "resolve_impl"]
+
+_STREAM_NAMES = ("CompletedGroup", "RolloutStream", "StreamFigures")
+
+
+def __getattr__(name: str) -> object:
+    """The stream's names load on first use: they pull in the engines (and torch), the core does not."""
+    if name in _STREAM_NAMES:
+        from sage_fast.rollout import stream
+
+        return getattr(stream, name)
+    raise AttributeError(f"module 'sage_fast.rollout' has no attribute {name!r}")

@@ -74,3 +74,53 @@ def test_pool_rejects_empty_input(local_ray, tmp_path) -> None:  # noqa: ANN001
         RayRolloutPool([], ScriptedEpisodeFactory(work_dir=str(tmp_path)), SchedulerConfig())
     with pytest.raises(ValueError, match="kind"):
         EngineSpec("grpc")
+
+
+def test_pool_streams_each_group_as_it_completes(local_ray, tmp_path, make_faulty_openai) -> None:  # noqa: ANN001
+    server = make_faulty_openai()
+    pool = RayRolloutPool([EngineSpec("openai", {"base_url": server.url, "model": "stub"})],
+                          ScriptedEpisodeFactory(work_dir=str(tmp_path)), SchedulerConfig(), num_cpus=0.5)
+    try:
+        slow = pool.submit([(0, [TOOL, ANS], [1.5, 0]), (1, [ANS], [0])])
+        quick = pool.submit([(2, [TOOL, ANS], [0.01, 0])])
+        order, late = [], None
+        for result in pool.results():  # one worker: both groups run on the same stream
+            order.append(result)
+            if late is None:
+                late = pool.submit([(3, [TOOL, ANS], [0.01, 0])])  # submitted while iterating
+        assert pool.in_flight == 0
+        with pytest.raises(RuntimeError, match="no group is in flight"):
+            pool.next_result()
+    finally:
+        pool.close()
+    # The quick group came back while the slow one still ran on the same worker, and so did the
+    # group submitted after it: results follow completion, not the worker's batch.
+    assert [r.group for r in order] == [quick, late, slow] == [1, 2, 0]
+    assert all(r.worker == 0 for r in order)
+    assert order[2].reasons == [FinishReason.ANSWERED] * 2
+    assert [s["index"] for s in order[2].summaries] == [0, 1]
+    assert order[2].summaries[0]["tool_results"] == ["slept 1.500 s"]
+
+
+def test_pool_submits_to_the_least_loaded_worker(local_ray, tmp_path, make_faulty_openai) -> None:  # noqa: ANN001
+    servers = [make_faulty_openai(), make_faulty_openai()]
+    specs = [EngineSpec("openai", {"base_url": s.url, "model": "stub"}) for s in servers]
+    pool = RayRolloutPool(specs, ScriptedEpisodeFactory(work_dir=str(tmp_path)), SchedulerConfig(), num_cpus=0.5)
+    sizes = [3, 1, 1, 2, 1]
+    try:
+        ids = [pool.submit([(10 * g + i, [TOOL, ANS], [0.01, 0]) for i in range(n)]) for g, n in enumerate(sizes)]
+        results = {r.group: r for r in pool.results()}
+        bad = pool.submit([(99, [], [])])  # the factory rejects it inside the worker
+        with pytest.raises(RuntimeError, match=f"group {bad} failed on worker 0: ValueError: actions must be non-empty"):
+            pool.next_result()
+        again = pool.submit([(100, [ANS], [0])])  # the worker goes on
+        after = pool.next_result()
+        figures = pool._ray.get([w.figures.remote() for w in pool.workers])
+    finally:
+        pool.close()
+    # episodes in flight when each was sent: [0,0] -> w0, [3,0] -> w1, [3,1] -> w1, [3,2] -> w1, [3,4] -> w0
+    assert [results[g].worker for g in ids] == [0, 1, 1, 1, 0]
+    assert all(results[g].reasons == [FinishReason.ANSWERED] * n for g, n in zip(ids, sizes, strict=True))
+    assert after.group == again and after.reasons == [FinishReason.ANSWERED]
+    assert [f["groups_completed"] for f in figures] == [3, 3]
+    assert len(servers[0].requests) == 2 * (3 + 1) + 1 and len(servers[1].requests) == 2 * (1 + 1 + 2)

@@ -99,8 +99,10 @@ def test_completion_order_follows_real_completion(faulty_openai, tools) -> None:
     engine = stub_engine(faulty_openai)
 
     async def main():  # noqa: ANN202
-        async with RolloutStream(engine, SchedulerConfig(max_seqs=8)) as stream:
-            stream.submit(make(([TOOL, ANS], [1.0, 0]), QUICK))  # group 0 waits on its slow tool
+        # At most 4 requests at once: more new connections than the stub's listen backlog (5) can
+        # lose a SYN, and its 1 s retransmit would race the slow tool.
+        async with RolloutStream(engine, SchedulerConfig(max_seqs=4)) as stream:
+            stream.submit(make(([TOOL, ANS], [1.5, 0]), QUICK))  # group 0 waits on its slow tool
             for _ in range(3):
                 stream.submit(make(QUICK, ([CONT, ANS], [0, 0])))
             order = [g.group async for g in stream.completed()]

@@ -24,6 +24,16 @@ Segment boundaries are found as flash_attention_2 finds them, in this order:
    so tokens dropped by frame-token pruning (which keep their positions) stay in their sample;
 4. otherwise each row is one segment; with a KV cache the causal mask is bottom-right aligned, so a
    decoding query sees the whole cache.
+
+Shared prefixes (``shared_prefix_kwargs``): a GRPO group's turn-samples repeat one long prompt (a
+Stage-1 prompt is ~11 000 tokens, mostly video) before different responses. Packed as
+``[prefix][response 1]...[response n]``, the prefix is computed once; its tokens attend causally
+among themselves, and response i attends to the whole prefix and its own earlier tokens, never to
+another response. That is varlen attention with the keys *gathered*: queries stay in row order,
+segmented ``[P, r1, ..., rn]``, while keys and values are ``k[shared_prefix_kv_index]`` =
+``[P, (P, r1), ..., (P, rn)]``, segmented by ``cu_seq_lens_k``; the bottom-right causal alignment
+lets response token j of segment (P, ri) see P and ri up to j. No (L, L) mask is built, and the
+gather's backward (an index_add) sums each response's gradient into the one copy of the prefix.
 """
 
 from __future__ import annotations
@@ -37,10 +47,11 @@ import torch.nn.functional as F
 from sage_fast.kernels import packed_attention
 from sage_fast.kernels.reference import varlen_attention_sdpa as per_segment_sdpa
 
-__all__ = ["ATTN_NAME", "attend", "cu_seqlens_from_lengths", "cu_seqlens_from_position_ids", "pack_samples",
-           "packed_kwargs", "per_segment_sdpa", "position_ids_for_lengths", "register",
-           "sage_varlen_attention_forward"]
+__all__ = ["ATTN_NAME", "SHARED_KV_INDEX", "attend", "cu_seqlens_from_lengths", "cu_seqlens_from_position_ids",
+           "mrope_position_ids", "pack_samples", "packed_kwargs", "per_segment_sdpa", "position_ids_for_lengths",
+           "register", "sage_varlen_attention_forward", "shared_prefix_kwargs"]
 ATTN_NAME = "sage_varlen"
+SHARED_KV_INDEX = "shared_prefix_kv_index"  # the forward keyword that carries the key gather (module docstring)
 
 
 # ---- segment boundaries --------------------------------------------------------------------------
@@ -99,6 +110,22 @@ def _cached_cu_seqlens(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
 _VISION_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
 
 
+def mrope_position_ids(model: torch.nn.Module, sample: dict[str, torch.Tensor], index: int = 0) -> torch.Tensor:
+    """(3, 1, seqlen) M-RoPE positions of one unpacked sample (``model.model.get_rope_index``; the
+    text positions for a text-only sample). ``index`` only names the sample in errors."""
+    ids = sample["input_ids"]
+    if ids.dim() != 1:
+        raise ValueError(f"samples[{index}]['input_ids'] must be (seqlen,), got shape {tuple(ids.shape)}")
+    vision = {k: sample[k] for k in ("image_grid_thw", "video_grid_thw", "second_per_grid_ts") if k in sample}
+    if not vision:  # text only: M-RoPE positions are the text positions
+        return torch.arange(ids.numel(), device=ids.device).view(1, 1, -1).expand(3, 1, -1)
+    types = sample.get("mm_token_type_ids")
+    if types is None:
+        raise ValueError(f"samples[{index}] has vision inputs but no mm_token_type_ids (seqlen,)")
+    positions, _ = model.model.get_rope_index(ids.unsqueeze(0), mm_token_type_ids=types.unsqueeze(0), **vision)
+    return positions.to(ids.device)
+
+
 def pack_samples(model: torch.nn.Module, samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """One packed Qwen-VL training row from per-sample inputs, ready for ``model(**row)``.
 
@@ -119,20 +146,8 @@ def pack_samples(model: torch.nn.Module, samples: list[dict[str, torch.Tensor]])
         raise ValueError("give labels for every sample or for none (a packed row has one labels tensor)")
     lengths, mrope, row = [], [], {}
     for i, sample in enumerate(samples):
-        ids = sample["input_ids"]
-        if ids.dim() != 1:
-            raise ValueError(f"samples[{i}]['input_ids'] must be (seqlen,), got shape {tuple(ids.shape)}")
-        lengths.append(ids.numel())
-        vision = {k: sample[k] for k in ("image_grid_thw", "video_grid_thw", "second_per_grid_ts") if k in sample}
-        if vision:
-            types = sample.get("mm_token_type_ids")
-            if types is None:
-                raise ValueError(f"samples[{i}] has vision inputs but no mm_token_type_ids (seqlen,)")
-            positions, _ = model.model.get_rope_index(ids.unsqueeze(0), mm_token_type_ids=types.unsqueeze(0),
-                                                      **vision)
-        else:  # text only: M-RoPE positions are the text positions
-            positions = torch.arange(ids.numel(), device=ids.device).view(1, 1, -1).expand(3, 1, -1)
-        mrope.append(positions.to(ids.device))
+        mrope.append(mrope_position_ids(model, sample, i))
+        lengths.append(sample["input_ids"].numel())
     ids = torch.cat([s["input_ids"] for s in samples])
     text = position_ids_for_lengths(lengths, ids.device).unsqueeze(0)
     row["input_ids"] = ids.unsqueeze(0)
@@ -157,6 +172,39 @@ def packed_kwargs(lengths: list[int], device: torch.device | str | None = None) 
     cu = cu_seqlens_from_lengths(lengths, device)
     longest = max(lengths) if lengths else 0
     return dict(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest)
+
+
+def shared_prefix_kwargs(blocks: list[tuple[int, list[int]]], device: torch.device | str | None = None
+                         ) -> dict[str, Any]:
+    """Forward keywords for a row whose blocks may share a prefix (module docstring).
+
+    blocks: the row's blocks in order, each ``(prefix_length, response_lengths)``: a block is laid
+    out as ``[prefix][response 1]...[response n]``; a plain sample is ``(length, [])``. Returns
+    ``cu_seq_lens_q`` (segments P, r1, ..., rn of every block, in row order), ``cu_seq_lens_k``
+    (P, P + r1, ..., P + rn), ``max_length_q/k`` and ``shared_prefix_kv_index`` (long (total_k,):
+    the row position of every gathered key). A row without responses gets ``packed_kwargs``.
+    """
+    if not any(responses for _, responses in blocks):
+        return packed_kwargs([prefix for prefix, _ in blocks], device)
+    lengths_q, lengths_k, gather, start = [], [], [], 0
+    for b, (prefix, responses) in enumerate(blocks):
+        if prefix < 1 or any(n < 1 for n in responses):
+            raise ValueError(f"blocks[{b}] = ({prefix}, {responses}): a prefix and every response need >= 1 token")
+        own = torch.arange(start, start + prefix)
+        lengths_q.append(prefix)
+        lengths_k.append(prefix)
+        gather.append(own)
+        position = start + prefix
+        for n in responses:
+            lengths_q.append(n)
+            lengths_k.append(prefix + n)
+            gather += [own, torch.arange(position, position + n)]
+            position += n
+        start = position
+    return dict(cu_seq_lens_q=cu_seqlens_from_lengths(lengths_q, device),
+                cu_seq_lens_k=cu_seqlens_from_lengths(lengths_k, device),
+                max_length_q=max(lengths_q), max_length_k=max(lengths_k),
+                **{SHARED_KV_INDEX: torch.cat(gather).to(device)})
 
 
 # ---- attention over flattened segments -----------------------------------------------------------
@@ -191,14 +239,17 @@ def sage_varlen_attention_forward(
     cu_seq_lens_k: torch.Tensor | None = None,
     max_length_q: int | None = None,
     max_length_k: int | None = None,
+    shared_prefix_kv_index: torch.Tensor | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """transformers' attention-function contract: query (batch, nheads, q_len, head_dim), key and
     value (batch, nheads_k, kv_len, head_dim) -> ((batch, q_len, nheads, head_dim), None).
 
     Finds the segments (module docstring), flattens to flash-attn's (total, heads, head_dim) and runs
-    ``attend``. A 4-D mask (a custom one: our mask interface never builds one) goes to transformers'
-    SDPA function unchanged.
+    ``attend``. ``shared_prefix_kv_index`` (``shared_prefix_kwargs``) gathers the keys and values of
+    causal calls; non-causal ones (a vision tower, which receives the same forward keywords) ignore
+    it. A 4-D mask (a custom one: our mask interface never builds one) goes to transformers' SDPA
+    function unchanged.
     """
     if dropout and module.training:
         raise ValueError(f"{ATTN_NAME} has no attention dropout (got {dropout}); set the model config's "
@@ -223,10 +274,17 @@ def sage_varlen_attention_forward(
     def flat(t: torch.Tensor) -> torch.Tensor:
         return t.reshape(-1, t.shape[2], t.shape[3])
 
+    if causal and shared_prefix_kv_index is not None and (cu_seq_lens_q is None or cu_seq_lens_k is None):
+        raise ValueError(f"{SHARED_KV_INDEX} needs cu_seq_lens_q and cu_seq_lens_k beside it: pass all of "
+                         "shared_prefix_kwargs(blocks)")
     if causal and cu_seq_lens_q is not None and cu_seq_lens_k is not None:
         max_q = int(max_length_q) if max_length_q is not None else int((cu_seq_lens_q[1:] - cu_seq_lens_q[:-1]).max())
         max_k = int(max_length_k) if max_length_k is not None else int((cu_seq_lens_k[1:] - cu_seq_lens_k[:-1]).max())
-        out = attend(flat(q), flat(k), flat(v), cu_seq_lens_q.to(torch.int32), cu_seq_lens_k.to(torch.int32),
+        keys, values = flat(k), flat(v)
+        if shared_prefix_kv_index is not None:  # [P, (P, r1), ...]; index_select's backward sums into P
+            keys = keys.index_select(0, shared_prefix_kv_index)
+            values = values.index_select(0, shared_prefix_kv_index)
+        out = attend(flat(q), keys, values, cu_seq_lens_q.to(torch.int32), cu_seq_lens_k.to(torch.int32),
                      max_q, max_k, causal, scaling)
         return out.view(batch, q_len, nheads, head_dim), None
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from sage_fast.agent.samples import IGNORE_INDEX
 
-__all__ = ["KL_ESTIMATORS", "LOSS_AGGREGATIONS", "GRPOLossConfig", "grpo_loss", "group_advantages",
+__all__ = ["KL_ESTIMATORS", "LOSS_AGGREGATIONS", "PREDICTOR_POSITIONS", "GRPOLossConfig", "grpo_loss", "group_advantages",
            "kl_penalty", "packed_token_logprobs", "sample_index_for_lengths", "token_advantages",
            "token_logprobs", "turn_advantages"]
 
@@ -35,6 +35,8 @@ KL_ESTIMATORS = ("low_var_kl", "k1", "none")
 LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-mean")
 _LOG_RATIO_CLAMP = 20.0  # verl: exp of a larger log-ratio overflows float32 / bf16
 _LOW_VAR_KL_CLAMP = 10.0  # verl clamps the k3 estimate to [-10, 10]
+PREDICTOR_POSITIONS = "predictor_positions"  # a shared-prefix row's key (packed_token_logprobs), not a model input
+_PREDICTORS = PREDICTOR_POSITIONS
 
 
 @dataclass(frozen=True)
@@ -223,6 +225,11 @@ def packed_token_logprobs(model: torch.nn.Module, row: dict[str, torch.Tensor], 
     ``logits_to_keep`` with a boolean mask). SAGE's samples are nearly all prompt: a Stage-1
     sample is ~24k tokens of frames and text for a few hundred response tokens, so full logits
     (24k x 152k vocab, 7.3 GB in bf16 for Qwen3-VL) shrink to the response's (~0.1 GB).
+
+    A shared-prefix row (:func:`sage_fast.rl.shared_prefix.pack_families`) carries
+    ``predictor_positions`` (1, total): the position whose logits predict each label (one prefix
+    token predicts the first token of every response after it). The LM head then runs on those
+    positions, repeats included, so it still sees exactly one row per trained token.
     """
     for key in ("input_ids", "labels"):
         if key not in row:
@@ -231,22 +238,52 @@ def packed_token_logprobs(model: torch.nn.Module, row: dict[str, torch.Tensor], 
     if ids.dim() != 2 or ids.shape[0] != 1:
         raise ValueError(f"row['input_ids'] must be one packed row (1, total), got shape {tuple(ids.shape)}")
     _check_shape("row['labels']", row["labels"], tuple(ids.shape), "(1, total)")
-    inputs = {key: value for key, value in row.items() if key != "labels"}
-    labels = row["labels"][0]
-    if "logits_to_keep" not in inspect.signature(model.forward).parameters:  # a model without the option
-        logits = model(**inputs, use_cache=False).logits
-        return token_logprobs(logits[0], labels, chunk_size=chunk_size, temperature=temperature)
     if chunk_size < 1 or not temperature > 0:
         raise ValueError(f"chunk_size must be >= 1 and temperature > 0, got {chunk_size}, {temperature}")
+    predictors = row.get(_PREDICTORS)
+    if predictors is not None:
+        _check_shared_row(model, row, predictors)
+    inputs = {key: value for key, value in row.items() if key not in ("labels", _PREDICTORS)}
+    labels = row["labels"][0]
+    keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+    if not keeps_logits and predictors is None:  # a model without the option
+        logits = model(**inputs, use_cache=False).logits
+        return token_logprobs(logits[0], labels, chunk_size=chunk_size, temperature=temperature)
     mask = labels != IGNORE_INDEX
     mask[0] = False
-    predicts = torch.zeros_like(mask)  # position t predicts labels[t + 1]
-    predicts[:-1] = mask[1:]
-    logits = model(**inputs, use_cache=False, logits_to_keep=predicts.unsqueeze(0)).logits
+    if predictors is not None:  # the position that predicts each trained token, in position order
+        keep: torch.Tensor = predictors[0][mask]
+    else:  # position t predicts labels[t + 1]
+        keep = torch.zeros_like(mask)
+        keep[:-1] = mask[1:]
+        keep = keep.unsqueeze(0)
+    if keeps_logits:
+        logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits
+    else:
+        logits = model(**inputs, use_cache=False).logits[:, keep]
     logits = logits.reshape(-1, logits.shape[-1])  # (trained tokens, V), in position order
     chosen = _LabelLogprob.apply(logits, labels[mask], int(chunk_size), 1.0 / float(temperature))
     logprobs = torch.zeros(labels.shape, dtype=chosen.dtype, device=chosen.device)
     return logprobs.masked_scatter(mask, chosen), mask
+
+
+
+def _check_shared_row(model: torch.nn.Module, row: dict[str, torch.Tensor], predictors: torch.Tensor) -> None:
+    """A shared-prefix row is only right under ``sage_varlen`` (another attention would ignore the
+    key gather and let responses see each other) and with its predictor positions in range."""
+    from sage_fast.models.packed_attention import ATTN_NAME, SHARED_KV_INDEX
+
+    _check_shape(f"row[{_PREDICTORS!r}]", predictors, tuple(row["input_ids"].shape), "(1, total)")
+    attention = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    if SHARED_KV_INDEX in row and attention != ATTN_NAME:
+        raise ValueError(f"a shared-prefix row needs the {ATTN_NAME!r} attention, the model has {attention!r}: "
+                         f"call model.set_attn_implementation({ATTN_NAME!r}) first, or pack without sharing")
+    trained = row["labels"][0] != IGNORE_INDEX
+    trained[0] = False
+    chosen = predictors[0][trained]
+    position = torch.arange(predictors.shape[1], device=predictors.device)[trained]
+    if chosen.numel() and bool(((chosen < 0) | (chosen >= position)).any()):
+        raise ValueError(f"row[{_PREDICTORS!r}] must give, for every trained token, an earlier position of the row")
 
 
 # ---- the loss ------------------------------------------------------------------------------------

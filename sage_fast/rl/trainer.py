@@ -15,7 +15,9 @@ One optimizer step (DESIGN.md §2, "RL"):
    tool observations included, is masked out of the loss).
 4. **Update.** Turn-samples are re-tokenized from the trajectories (Stage-1 frames re-decoded at
    their recorded times), packed into token-budget rows (:mod:`sage_fast.rollout.packing`) and run
-   through the policy with the ``sage_varlen`` attention; PPO-clipped loss plus the low-variance
+   through the policy with the ``sage_varlen`` attention; samples with one identical prompt (a
+   group's Stage-1 turns) share it, computed once per row (:mod:`sage_fast.rl.shared_prefix`);
+   PPO-clipped loss plus the low-variance
    KL to the frozen initial model, token-mean over the whole step, one AdamW step under a cosine
    schedule with 10 % warm-up.
 
@@ -53,6 +55,7 @@ from sage_fast.rl.grpo import (
 )
 from sage_fast.rl.rewards import RewardBreakdown, RewardConfig, episode_reward, turn_cap_for_step
 from sage_fast.rl.run_folder import RunFolder
+from sage_fast.rl.shared_prefix import Family, find_families, lone_families, pack_families, plan_micro_batches
 
 
 @dataclass
@@ -72,6 +75,11 @@ class GRPOConfig:
     max_new_tokens: int = field(default=1024, metadata={"help": "tokens per model call in rollouts"})
     micro_batch_tokens: int = field(default=32768, metadata={
         "help": "tokens per packed row; a sample longer than this is an error (raise it)"})
+    shared_prefix: bool = field(default=True, metadata={
+        "help": "turn-samples with one identical prompt (a GRPO group's Stage-1 turns: same question, same frames) "
+                "put it in the row once, before their responses: the same log-probs and gradient, the prompt and its "
+                "vision tower computed once instead of group_size times (exact match required; False: pack every "
+                "sample whole)"})
     step_reward: bool = field(default=True, metadata={
         "help": "ask the judge whether each tool call was reasonable (the ±0.1 step reward)"})
     save_every: int = field(default=10, metadata={"help": "steps between checkpoints (the last step always)"})
@@ -298,8 +306,6 @@ class GRPOTrainer:
     def accumulate_gradients(self, groups: list[list[Trajectory]], advantages: torch.Tensor) -> dict[str, float]:
         """The step's loss gradient, accumulated into the parameters' ``.grad`` (no optimizer step):
         the token-mean GRPO loss over every trained token of the step."""
-        from sage_fast.rollout.packing import pack_samples as plan_micro_batches
-
         kept = [[t for t in group if t.error is None] for group in groups]
         live = torch.tensor([t.error is None for group in groups for t in group])
         samples, sample_advantages = self.training_samples(kept, advantages[live])
@@ -311,36 +317,53 @@ class GRPOTrainer:
         if too_long:
             raise ValueError(f"a turn-sample has {max(too_long)} tokens, more than micro_batch_tokens="
                              f"{self.config.micro_batch_tokens}: raise GRPOConfig.micro_batch_tokens")
-        batches = plan_micro_batches(lengths, self.config.micro_batch_tokens, 1)[0]
+        families = find_families(samples) if self.config.shared_prefix else lone_families(samples)
+        for family in families:  # members' equal pixel tensors become one (a Stage-1 sample's are ~100 MB)
+            for i in family.indices[1:]:
+                samples[i].update({k: v for k, v in samples[family.indices[0]].items() if "pixel" in k})
+        batches = plan_micro_batches(families, self.config.micro_batch_tokens)
         trained = [int((s["labels"][1:] != -100).sum()) for s in samples]  # response tokens per sample
         total_tokens = max(1, sum(trained))
         self.model.set_attn_implementation(packed_attention.ATTN_NAME)
+        if self.reference is not None:  # only the update uses it, on the same (maybe shared-prefix) rows
+            self.reference.set_attn_implementation(packed_attention.ATTN_NAME)
         self.model.train()
         if self.config.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         sums: dict[str, float] = {}
+        row_tokens = 0
         try:
-            for batch in batches:
-                if batch.indices:
-                    sums = self._micro_batch(batch.indices, samples, sample_advantages, trained, total_tokens, sums)
+            for blocks in batches:
+                sums = self._micro_batch(blocks, samples, sample_advantages, trained, total_tokens, sums)
+                row_tokens += sum(block.tokens for block in blocks)
         finally:
             self.model.eval()
             self.model.set_attn_implementation(self.generate_attention)
             if self.config.gradient_checkpointing:
                 self.model.gradient_checkpointing_disable()
         stats.update({k: v / total_tokens for k, v in sums.items()})
-        stats.update(tokens=float(total_tokens), micro_batches=float(len(batches)))
+        stats.update(tokens=float(total_tokens), micro_batches=float(len(batches)), row_tokens=float(row_tokens),
+                     prefix_tokens_saved=float(sum(len(s["input_ids"]) for s in samples) - row_tokens))
         return stats
 
-    def _micro_batch(self, indices: list[int], samples: list[dict[str, torch.Tensor]], sample_advantages: torch.Tensor,
-                     trained: list[int], total_tokens: int, sums: dict[str, float]) -> dict[str, float]:
+    def _micro_batch(self, blocks: list[Family], samples: list[dict[str, torch.Tensor]],
+                     sample_advantages: torch.Tensor, trained: list[int], total_tokens: int,
+                     sums: dict[str, float]) -> dict[str, float]:
         """Forward + backward of one packed row, its loss weighted by its share of the step's tokens
         so the accumulated gradient is the token-mean over the whole step."""
         device = self.model.device
-        items = [{k: v.to(device) for k, v in samples[i].items()} for i in indices]
-        row = packed_attention.pack_samples(self.model, items)
-        lengths = [int(s["input_ids"].numel()) for s in items]
-        row.update(packed_attention.packed_kwargs(lengths, device))
+        if any(block.shared for block in blocks):
+            # A family's vision tensors are read from its first member only: the others' stay put.
+            items = {i: {key: value.to(device) for key, value in samples[i].items() if m == 0 or "pixel" not in key}
+                     for block in blocks for m, i in enumerate(block.indices)}
+            packed = pack_families(self.model, items, blocks)
+            row, indices, lengths = packed.row, packed.order, packed.spans
+        else:  # every sample whole: the plain packed row
+            indices = [block.indices[0] for block in blocks]
+            plain = [{k: v.to(device) for k, v in samples[i].items()} for i in indices]
+            row = packed_attention.pack_samples(self.model, plain)
+            lengths = [int(s["input_ids"].numel()) for s in plain]
+            row.update(packed_attention.packed_kwargs(lengths, device))
         # Log-probabilities of the distribution the rollouts sampled from: logits / temperature (verl).
         temperature = self.config.temperature
         logprobs, mask = packed_token_logprobs(self.model, row, temperature=temperature)

@@ -116,6 +116,8 @@ def test_packed_update_is_the_per_sample_policy_gradient(world, judge, tmp_path:
     want = reference_gradients(folder, trainer, groups, advantages)
     stats = trainer.accumulate_gradients(groups, advantages)
     assert stats["micro_batches"] >= 2  # the Stage-1 samples alone exceed one row's budget
+    # each group's two Stage-1 samples share their prompt (shared_prefix is on by default)
+    assert stats["prefix_tokens_saved"] > 0
     got = {name: p.grad for name, p in trainer.model.named_parameters() if p.grad is not None}
     assert set(got) == set(want)
     for name in want:

@@ -121,6 +121,8 @@ def test_max_active_groups_limits_running_groups(faulty_openai, tools) -> None: 
         async with RolloutStream(engine, SchedulerConfig(max_seqs=16, max_active_groups=2)) as stream:
             for _ in range(4):
                 stream.submit(make(QUICK, QUICK))
+            await stream.drain()
+            assert (stream.running, stream.outstanding) == (0, 4)  # all done, none taken yet
             results = [g async for g in stream.completed()]
             return results, stream.decisions
 

@@ -198,3 +198,66 @@ def test_pack_samples_argument_checks(folder: Path) -> None:
         P.pack_samples(model, [dict(input_ids=a), dict(input_ids=b.unsqueeze(0))])
     row = P.pack_samples(model, [dict(input_ids=a), dict(input_ids=b)])
     assert row["position_ids"][:, 0].tolist() == [list(range(4)) + list(range(6))] * 4 and "labels" not in row
+
+
+class _Layer(torch.nn.Module):
+    is_causal = True
+
+
+@pytest.mark.parametrize("impl", ["kernel", "reference"])
+def test_shared_prefix_attention_is_each_sample_alone(impl: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A row [P1 r1 r2 r3][S][P2 r4 r5] through sage_varlen with shared_prefix_kwargs: every
+    response's output and the gradients of q, k, v (the prefix's summed over its responses) are
+    those of each sample packed whole, [P1 r1][P1 r2][P1 r3][S][P2 r4][P2 r5], by the written-out
+    reference. Lengths straddle the interpreter's 16-token blocks."""
+    from sage_fast.kernels.reference import varlen_attention_reference
+
+    monkeypatch.setenv("SAGE_FAST_FORCE_IMPL", impl)
+    blocks = [(21, [5, 1, 17]), (9, []), (16, [3, 33])]
+    total = sum(p + sum(r) for p, r in blocks)
+    gen = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(1, heads, total, 16, generator=gen, dtype=torch.float64).float()
+               for heads in (4, 2, 2))
+    weight = torch.randn(1, total, 4, 16, generator=gen)
+    # The unshared layout: each sample whole, as row positions of the shared row (``gather``); and
+    # for each shared position the unshared row that must give its output (``pick``: a prefix
+    # token's from its family's first sample, which also carries the prefix's whole gradient).
+    samples, pick, start = [], [0] * total, 0
+    for prefix, responses in blocks:
+        own = list(range(start, start + prefix))
+        first = sum(len(s) for s in samples)
+        for t in range(prefix):
+            pick[start + t] = first + t
+        position = start + prefix
+        for n in responses or [0]:
+            row0 = sum(len(s) for s in samples) + prefix
+            samples.append(own + list(range(position, position + n)))
+            for t in range(n):
+                pick[position + t] = row0 + t
+            position += n
+        start = position
+    gather = torch.tensor([i for sample in samples for i in sample])
+    cu = P.cu_seqlens_from_lengths([len(sample) for sample in samples])
+
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    want = varlen_attention_reference(*(t[0].transpose(0, 1)[gather] for t in leaves), cu, cu, causal=True)[pick]
+    (want * weight[0]).sum().backward()
+
+    got_leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    kwargs = P.shared_prefix_kwargs(blocks)
+    assert kwargs[P.SHARED_KV_INDEX].shape == (sum(p * (len(r) + 1) + sum(r) for p, r in blocks if r) + 9,)
+    got, _ = P.sage_varlen_attention_forward(_Layer(), *got_leaves, None, **kwargs)
+    torch.testing.assert_close(got[0], want, atol=1e-5, rtol=1e-5)
+    (got[0] * weight[0]).sum().backward()
+    for name, a, b in zip("qkv", got_leaves, leaves, strict=True):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-5, msg=name)
+
+    # a non-causal call (a vision tower gets the same forward keywords) ignores the gather
+    plain, _ = P.sage_varlen_attention_forward(_Layer(), q, k, v, None, is_causal=False)
+    ignored, _ = P.sage_varlen_attention_forward(_Layer(), q, k, v, None, is_causal=False,
+                                                 shared_prefix_kv_index=kwargs[P.SHARED_KV_INDEX])
+    assert torch.equal(plain, ignored)
+    with pytest.raises(ValueError, match="cu_seq_lens_q and cu_seq_lens_k"):
+        P.sage_varlen_attention_forward(_Layer(), q, k, v, None, shared_prefix_kv_index=kwargs[P.SHARED_KV_INDEX])
+    with pytest.raises(ValueError, match=r"blocks\[1\]"):
+        P.shared_prefix_kwargs([(3, [2]), (0, [4])])

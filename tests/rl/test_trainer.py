@@ -310,3 +310,40 @@ def test_lora_trains_adapters_only_with_the_base_as_reference(world, judge, tmp_
     assert resumed.step == 2
     for name in trainable:
         torch.testing.assert_close(dict(resumed.model.named_parameters())[name], after[name])
+
+
+def test_shared_prefix_update_gives_the_unshared_update(world, judge, tmp_path: Path,  # noqa: ANN001
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """One update (``GRPOTrainer.update``: gradient, clipping, AdamW step) of the same rollouts with
+    shared_prefix on and off, the step split into several rows, differently in each case
+    (token-mean: the aggregation that does not depend on which samples share a row): the same
+    gradient, then the same weights, on rows shorter by the shared prompts."""
+    _, folder, items = world
+    settings = dict(learning_rate=1e-3, micro_batch_tokens=4096, group_size=3)
+    shared = make_trainer(folder, judge[0], tmp_path / "on", shared_prefix=True, **settings)
+    whole = make_trainer(folder, judge[0], tmp_path / "off", shared_prefix=False, **settings)
+    groups = run_blocking(shared.rollout(items[:1], 0))
+    advantages = torch.tensor([1.0, -0.5, 0.25])
+    grads: list[dict[str, torch.Tensor]] = []
+    for trainer in (shared, whole):  # the gradient the optimizer is about to apply
+        step = trainer.optimizer.step
+
+        def recorded(*args, _step=step, _model=trainer.model, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            grads.append({n: p.grad.clone() for n, p in _model.named_parameters() if p.grad is not None})
+            return _step(*args, **kwargs)
+
+        monkeypatch.setattr(trainer.optimizer, "step", recorded)
+    stats = [trainer.update(groups, advantages) for trainer in (shared, whole)]
+    assert stats[0]["prefix_tokens_saved"] > 0 and stats[1]["prefix_tokens_saved"] == 0
+    assert stats[0]["row_tokens"] == stats[1]["row_tokens"] - stats[0]["prefix_tokens_saved"]
+    assert stats[0]["micro_batches"] >= 2
+    torch.testing.assert_close(stats[0]["grad_norm"], stats[1]["grad_norm"], atol=1e-6, rtol=1e-5)
+    assert grads[0].keys() == grads[1].keys() and any("visual" in n for n in grads[0])
+    for name in grads[1]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=2e-5, rtol=1e-4, msg=name)
+    before = dict(tiny_policy(folder).model.named_parameters())
+    after = [dict(t.model.named_parameters()) for t in (shared, whole)]
+    moved = [n for n in before if not torch.equal(before[n], after[1][n])]
+    assert len(moved) > 10
+    for name in moved:  # lr 1e-3: a wrong gradient moves weights ~1e-3 apart (Adam's first step ~ lr * sign)
+        torch.testing.assert_close(after[0][name], after[1][name], atol=1e-5, rtol=1e-5, msg=name)

@@ -3,7 +3,8 @@
 ``rewards`` scores a finished :class:`~sage_fast.agent.trajectory.Trajectory` (format, repeated and
 invalid tool calls, the step judge's verdicts, final accuracy); ``grpo`` turns episode returns into
 group-normalised advantages on every turn-sample and computes the clipped policy loss with a KL to
-the reference model over packed rows of turn-samples.
+the reference model over packed rows of turn-samples; ``shared_prefix`` packs a GRPO group's
+samples that repeat one prompt (Stage-1: same question, same frames) with that prompt once per row.
 """
 
 from sage_fast.rl.grpo import (

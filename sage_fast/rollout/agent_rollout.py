@@ -1,49 +1,52 @@
-"""SAGE agent episodes under the scheduler: the agent's own loop, its turns admitted by the scheduler.
+"""SAGE agent episodes under the scheduler: the agent's own loop, its turns admitted by a RolloutStream.
 
 Each episode is :meth:`sage_fast.agent.loop.Agent.arun` unchanged (its stop rules, prompts, parsing
-and tool layer), run on a copy of the agent whose orchestrator hands every turn to the driver:
-the turn waits for the scheduler's admission, runs on the shared engine, and the time until the
-episode's next turn (parsing, tool calls, with the registry's own time-outs) counts as "in tool".
-Frame decoding before Stage-1 is the episode's set-up (a PREPARE decision), so no engine slot is
-held while frames decode. When ``arun`` returns, the episode ends as answered, or at the turn
-cap when the agent could not produce an answer; when it raises, the episode fails with its error.
+and tool layer), run on a copy of the agent whose orchestrator hands every turn to the episode's
+:class:`AgentEpisode`, a stepped :class:`~sage_fast.rollout.episodes.Episode` of the one driver loop
+(:class:`~sage_fast.rollout.stream.RolloutStream`). The steps map onto the agent's coroutine:
+
+- set-up (a PREPARE decision, no engine slot held): start ``arun``; it decodes its frames and
+  stops at its Stage-1 request;
+- a turn (ADMIT): the stream generates the request the agent is waiting on, and the reply
+  resumes the agent;
+- "in tool" (every turn reports TOOL): the agent parses, runs its tools (the registry's own
+  time-outs) and either asks for its next turn or returns. When it returns, the episode ends
+  as answered, or at the turn cap when the agent could not produce an answer; when it raises,
+  the episode fails with its error.
+
+Because agent episodes are ordinary stream episodes, an RL trainer can ``submit`` step k+1's
+groups while step k's stragglers run (:func:`agent_episodes`), as the stream's benchmark row does.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import copy
 import dataclasses
-import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from sage_fast.agent.trajectory import Trajectory
 from sage_fast.models.base import Generation, SamplingConfig
-from sage_fast.rollout.engines import BusyMeter, Engine, GenerationRequest
-from sage_fast.rollout.episodes import estimate_tokens
-from sage_fast.rollout.scheduler import Impl, Scheduler
-from sage_fast.rollout.types import DecisionKind, EpisodeState, FinishReason, SchedulerConfig, TurnAction
+from sage_fast.rollout.engines import Engine, GenerationRequest
+from sage_fast.rollout.episodes import Episode, estimate_tokens
+from sage_fast.rollout.scheduler import Impl
+from sage_fast.rollout.stream import CompletedGroup, RolloutStream
+from sage_fast.rollout.types import FinishReason, SchedulerConfig, TurnAction
 from sage_fast.tools.registry import ToolRegistry
 
-_EPISODE: contextvars.ContextVar[int | None] = contextvars.ContextVar("sage_rollout_episode", default=None)
-
-
-class EpisodeStopped(RuntimeError):
-    """The scheduler ended the episode (time-out, cancellation) while it waited for a turn."""
+_EPISODE: contextvars.ContextVar[AgentEpisode | None] = contextvars.ContextVar("sage_rollout_episode", default=None)
 
 
 class ScheduledOrchestrator:
-    """The orchestrator a rollout's agent copy sees: a turn of a scheduled episode goes through
-    the driver; any other call (none in the agent loop itself) goes straight to the engine."""
+    """The orchestrator a rollout's agent copy sees: a turn of a scheduled episode waits for the
+    stream to generate it; any other call (none in the agent loop itself) goes straight to the engine."""
 
-    def __init__(self, engine: Engine, driver: _AgentDriver) -> None:
+    def __init__(self, engine: Engine, loop: asyncio.AbstractEventLoop) -> None:
         self.engine = engine
-        self.driver = driver
+        self.loop = loop
         self.name = f"scheduled:{engine.name}"
 
     async def agenerate(self, messages: list[dict[str, Any]], frames: Any, sampling: SamplingConfig) -> Generation:
@@ -51,12 +54,126 @@ class ScheduledOrchestrator:
         episode = _EPISODE.get()
         if episode is None:
             return await self.engine.generate(request)
-        return await self.driver.turn(episode, request)
+        return await episode.post(request)
 
     def generate(self, messages: list[dict[str, Any]], frames: Any, sampling: SamplingConfig) -> Generation:
-        """For callers in worker threads: runs on the driver's event loop."""
+        """For callers in worker threads: runs on the rollout's event loop."""
         request = GenerationRequest(messages=messages, frames=frames, sampling=sampling)
-        return asyncio.run_coroutine_threadsafe(self.engine.generate(request), self.driver.loop).result()
+        return asyncio.run_coroutine_threadsafe(self.engine.generate(request), self.loop).result()
+
+
+def scheduled_agent(agent: Any, engine: Engine, *, tool_workers: int = 64) -> Any:
+    """A copy of ``agent`` whose turns go through a stream: its orchestrator is a
+    :class:`ScheduledOrchestrator` on ``engine``, its registry the same tools and cache with
+    ``tool_workers`` threads (an agent's own registry is sized for one user's few episodes).
+    Call it inside the coroutine that runs the stream; close ``copy.registry`` when done."""
+    if tool_workers < 1:
+        raise ValueError(f"tool_workers must be >= 1, got {tool_workers}")
+    scheduled = copy.copy(agent)  # the caller's agent keeps its own orchestrator and registry
+    scheduled.orchestrator = ScheduledOrchestrator(engine, asyncio.get_running_loop())
+    scheduled.registry = ToolRegistry(list(agent.registry.tools.values()), max_workers=tool_workers,
+                                      cache=agent.registry.cache)
+    return scheduled
+
+
+class AgentEpisode(Episode):
+    """One SAGE question (``{"video", "question", "metadata"?}``) run by ``agent.arun`` on a stream.
+    ``agent`` must come from :func:`scheduled_agent`. After the episode: ``trajectory`` (None when
+    it failed or was stopped before ``arun`` returned; :meth:`result` fills one in)."""
+
+    prepares = True
+
+    def __init__(self, agent: Any, item: dict[str, Any]) -> None:
+        if not isinstance(agent.orchestrator, ScheduledOrchestrator):
+            raise TypeError("AgentEpisode needs an agent from scheduled_agent(agent, engine), whose turns go "
+                            f"through the stream; got an agent with orchestrator {type(agent.orchestrator).__name__}")
+        self.agent = agent
+        self.item = item
+        self.trajectory: Trajectory | None = None
+        self._task: asyncio.Task | None = None
+        self._request: GenerationRequest | None = None
+        self._reply: asyncio.Future | None = None  # the agent's turn, waiting for its generation
+        self._posted: asyncio.Future | None = None  # resolved when the agent asks for its next turn
+
+    # -- the agent's side (inside its task) ------------------------------------------------------
+    async def post(self, request: GenerationRequest) -> Generation:
+        """The agent asks for a turn: the stream admits and generates it, then the agent goes on."""
+        assert self._posted is not None, "post() outside the episode's task"
+        self._request = request
+        self._reply = asyncio.get_running_loop().create_future()
+        if not self._posted.done():
+            self._posted.set_result(None)
+        return await self._reply
+
+    async def _run(self) -> None:
+        _EPISODE.set(self)  # this task's own context: the agent's turns know their episode
+        item = self.item
+        self.trajectory = await self.agent.arun(item["video"], item["question"], metadata=item.get("metadata"))
+
+    async def _until_next_turn(self) -> FinishReason | None:
+        """Waits until the agent asks for its next turn (None) or returns (how it ended); its
+        exception is raised (the stream fails the episode with it)."""
+        assert self._task is not None and self._posted is not None
+        await asyncio.wait({self._task, self._posted}, return_when=asyncio.FIRST_COMPLETED)
+        if self._posted.done():
+            return None
+        self._task.result()  # raises the agent's error
+        assert self.trajectory is not None
+        return FinishReason.TURN_CAP if self.trajectory.could_not_produce else FinishReason.ANSWERED
+
+    # -- the stream's side -------------------------------------------------------------------------
+    async def prepare(self) -> FinishReason | None:
+        loop = asyncio.get_running_loop()
+        self._posted = loop.create_future()
+        self._task = loop.create_task(self._run(), name="SAGE agent episode")
+        return await self._until_next_turn()
+
+    def request(self) -> GenerationRequest:
+        if self._request is None:
+            raise RuntimeError("AgentEpisode.request(): the agent has not asked for a turn yet (prepare() first)")
+        return self._request
+
+    def cost(self) -> int:
+        return estimate_tokens(self.request())
+
+    def on_generation(self, generation: Generation) -> TurnAction:
+        assert self._reply is not None
+        self._posted = asyncio.get_running_loop().create_future()
+        self._reply.set_result(generation)
+        # What the turn decided is the agent's to parse; until its next turn (or its end) the
+        # episode is the agent's: parsing and tools.
+        return TurnAction.TOOL
+
+    async def run_tool(self) -> FinishReason | None:
+        return await self._until_next_turn()
+
+    def on_tool_timeout(self, seconds: float) -> None:
+        raise RuntimeError("agent episodes cut tools with the registry's time-outs; SchedulerConfig.tool_timeout "
+                           "must be 0")
+
+    def close(self, reason: FinishReason) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()  # stopped (time-out, cancel) or failed while the agent waited
+
+    def result(self, error: str | None, reason: FinishReason) -> Trajectory:
+        """The episode's trajectory, or one that records why there is none."""
+        if self.trajectory is not None:
+            return self.trajectory
+        item = self.item
+        why = error or f"EpisodeStopped: {reason.name.lower()}"
+        return Trajectory(video_path=str(item["video"]), question=item["question"], error=why,
+                          metadata=dict(item.get("metadata") or {}))
+
+
+def agent_episodes(agent: Any, group: Sequence[dict[str, Any]]) -> list[AgentEpisode]:
+    """One GRPO group's episodes for ``stream.submit`` (``agent`` from :func:`scheduled_agent`)."""
+    return [AgentEpisode(agent, item) for item in group]
+
+
+def group_trajectories(done: CompletedGroup) -> list[Trajectory]:
+    """A completed group's trajectories, in submission order; failed or stopped episodes carry their error."""
+    return [episode.result(error, reason)  # type: ignore[attr-defined]
+            for episode, error, reason in zip(done.episodes, done.errors, done.reasons, strict=True)]
 
 
 @dataclass
@@ -68,7 +185,7 @@ class AgentRolloutResult:
     seconds: float
     engine_busy_s: float
     turns: int
-    group_order: list[int] = field(default_factory=list)
+    group_order: list[int] = field(default_factory=list)  # groups in the order they completed
 
     @property
     def episodes_per_s(self) -> float:
@@ -79,112 +196,14 @@ class AgentRolloutResult:
         return self.engine_busy_s / self.seconds
 
 
-class _AgentDriver:
-    def __init__(self, agent: Any, groups: Sequence[Sequence[dict[str, Any]]], engine: Engine,
-                 config: SchedulerConfig, impl: Impl, on_group: Callable[[int, list[Trajectory]], Any] | None,
-                 tool_workers: int) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.meter = engine if isinstance(engine, BusyMeter) else BusyMeter(engine)
-        self.config = config
-        self.sched = Scheduler(config, impl=impl)
-        self.items = [item for group in groups for item in group]
-        self.group_of = [g for g, group in enumerate(groups) for _ in group]
-        self.sizes = [len(group) for group in groups]
-        self.trajectories: list[Trajectory | None] = [None] * len(self.items)
-        self.reasons: list[FinishReason | None] = [None] * len(self.items)
-        self.tasks: dict[int, asyncio.Task] = {}
-        self.admission: dict[int, asyncio.Future] = {}
-        self.completed: list[int] = []
-        self.on_group = on_group
-        self.turns = 0
-        self.agent = copy.copy(agent)  # the caller's agent keeps its own orchestrator and registry
-        self.agent.orchestrator = ScheduledOrchestrator(self.meter, self)
-        # The same tools and cache, with enough worker threads for every episode's tool at once
-        # (an agent's registry is sized for one user's few episodes).
-        self.registry = ToolRegistry(list(agent.registry.tools.values()), max_workers=tool_workers,
-                                     cache=agent.registry.cache)
-        self.agent.registry = self.registry
-        self.t0 = time.perf_counter()
-        self.all_done = asyncio.Event()
-
-    def now(self) -> float:
-        return time.perf_counter() - self.t0
-
-    def act(self, decisions: list) -> None:
-        for kind, e, g, aux, _ in decisions:
-            if kind == DecisionKind.PREPARE:
-                self.tasks[e] = asyncio.create_task(self._episode(e))
-            elif kind == DecisionKind.ADMIT:
-                future = self.admission.pop(e, None)
-                if future is not None and not future.done():
-                    future.set_result(None)
-                self.turns += 1
-            elif kind == DecisionKind.FINISH:
-                self.reasons[e] = FinishReason(aux)
-                if aux in (FinishReason.TIMEOUT, FinishReason.CANCELLED):
-                    future = self.admission.pop(e, None)
-                    if future is not None and not future.done():
-                        future.set_exception(EpisodeStopped(f"episode {e}: {FinishReason(aux).name.lower()}"))
-                    task = self.tasks.get(e)
-                    if task is not None and task is not asyncio.current_task():
-                        task.cancel()
-                    if self.trajectories[e] is None:
-                        self.trajectories[e] = self._error(e, f"EpisodeStopped: {FinishReason(aux).name.lower()}")
-            elif kind == DecisionKind.GROUP_COMPLETE:
-                self.completed.append(g)
-                if self.on_group is not None:
-                    first = sum(self.sizes[:g])
-                    self.on_group(g, [t for t in self.trajectories[first:first + self.sizes[g]] if t is not None])
-                if len(self.completed) == len(self.sizes):
-                    self.all_done.set()
-            # START_TOOL: the agent runs its own tools; TOOL_TIMEOUT cannot happen (tool_timeout=0).
-
-    def _error(self, e: int, error: str) -> Trajectory:
-        item = self.items[e]
-        return Trajectory(video_path=str(item["video"]), question=item["question"], error=error,
-                          metadata=dict(item.get("metadata") or {}))
-
-    async def turn(self, e: int, request: GenerationRequest) -> Generation:
-        admitted = self.loop.create_future()
-        self.admission[e] = admitted
-        self.act(self.sched.tool_finished(e, estimate_tokens(request), self.now()))
-        if not admitted.done() and self.sched.state(e) == EpisodeState.DONE:
-            self.admission.pop(e, None)
-            raise EpisodeStopped(f"episode {e} is over (turn cap or time-out); no further turns")
-        await admitted
-        generation = await self.meter.generate(request)
-        # Until its next turn (or its end) the episode is the agent's: parsing and tools.
-        self.act(self.sched.turn_finished(e, int(TurnAction.TOOL), 0, self.now()))
-        return generation
-
-    async def _episode(self, e: int) -> None:
-        _EPISODE.set(e)  # this task's own context: the agent's turns know their episode
-        item = self.items[e]
-        try:
-            trajectory = await self.agent.arun(item["video"], item["question"], metadata=item.get("metadata"))
-        except asyncio.CancelledError:
-            return
-        except Exception as exc:  # one broken episode must not sink the batch
-            self.trajectories[e] = self._error(e, f"{type(exc).__name__}: {exc}")
-            self.act(self.sched.fail(e, self.now()))
-            return
-        self.trajectories[e] = trajectory
-        reason = FinishReason.TURN_CAP if trajectory.could_not_produce else FinishReason.ANSWERED
-        self.act(self.sched.finish(e, int(reason), self.now()))
-
-    async def run(self) -> None:
-        for size in self.sizes:
-            _, decisions = self.sched.add_group(size, 0, self.now(), prepare=True)
-            self.act(decisions)
-        while not self.all_done.is_set():
-            deadline = self.sched.next_deadline()
-            timeout = None if deadline == math.inf else max(0.0, deadline - self.now())
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.all_done.wait(), timeout)
-            self.act(self.sched.advance(self.now()))
-        for task in self.tasks.values():
-            if not task.done():
-                task.cancel()
+def check_agent_config(agent: Any, config: SchedulerConfig) -> SchedulerConfig:
+    """The scheduler config agent episodes run under: tools are cut by the registry, and the
+    agent's own cap (Stage-1 + max_stage2_steps) ends its episodes, after the last turn's tool,
+    as the loop defines; the core's cap is set above it so it never cuts that tool short."""
+    if config.tool_timeout > 0:
+        raise ValueError("agent rollouts cut tools with the registry's per-tool time-outs (Tool.timeout_s); "
+                         "set SchedulerConfig.tool_timeout=0")
+    return dataclasses.replace(config, max_turns=2 + agent.config.max_stage2_steps)
 
 
 async def run_agent_rollout(agent: Any, groups: Sequence[Sequence[dict[str, Any]]], engine: Engine,
@@ -200,22 +219,21 @@ async def run_agent_rollout(agent: Any, groups: Sequence[Sequence[dict[str, Any]
         raise ValueError(f"tool_workers must be >= 1, got {tool_workers}")
     if not groups or any(not g for g in groups):
         raise ValueError("groups must be a non-empty list of non-empty lists of {'video', 'question'} items")
-    if config.tool_timeout > 0:
-        raise ValueError("agent rollouts cut tools with the registry's per-tool time-outs (Tool.timeout_s); "
-                         "set SchedulerConfig.tool_timeout=0")
-    # The agent's own cap (Stage-1 + max_stage2_steps) ends its episodes, after the last turn's
-    # tool, as the loop defines; the core's cap is set above it so it never cuts that tool short.
-    config = dataclasses.replace(config, max_turns=2 + agent.config.max_stage2_steps)
-    driver = _AgentDriver(agent, groups, engine, config, impl, on_group, tool_workers)
+    config = check_agent_config(agent, config)
+    scheduled = scheduled_agent(agent, engine, tool_workers=tool_workers)
+    stream = RolloutStream(engine, config, impl=impl)
+    order: list[int] = []
     try:
-        await driver.run()
+        for group in groups:
+            stream.submit(agent_episodes(scheduled, group))
+        async for done in stream.completed():
+            order.append(done.group)
+            if on_group is not None:
+                on_group(done.group, group_trajectories(done))
+        figures = stream.figures()
     finally:
-        driver.registry.close()
-    trajectories, reasons, k = [], [], 0
-    for size in driver.sizes:
-        trajectories.append([t if t is not None else driver._error(k + i, "not run") for i, t in
-                             enumerate(driver.trajectories[k:k + size])])
-        reasons.append([r if r is not None else FinishReason.CANCELLED for r in driver.reasons[k:k + size]])
-        k += size
-    return AgentRolloutResult(trajectories, reasons, driver.now(), driver.meter.busy_s, driver.turns,
-                              driver.completed)
+        await stream.aclose()
+        scheduled.registry.close()
+    results = [stream.group_result(g) for g in range(len(groups))]
+    return AgentRolloutResult([group_trajectories(r) for r in results], [list(r.reasons) for r in results],
+                              figures.seconds, figures.engine_busy_s, figures.turns, order)

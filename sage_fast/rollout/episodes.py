@@ -18,7 +18,7 @@ from sage_fast.agent.parsing import ToolCall
 from sage_fast.agent.trajectory import ToolCallRecord
 from sage_fast.models.base import Generation, SamplingConfig
 from sage_fast.rollout.engines import GenerationRequest
-from sage_fast.rollout.types import TurnAction
+from sage_fast.rollout.types import FinishReason, TurnAction
 from sage_fast.tools.context import ToolContext
 from sage_fast.tools.registry import ToolRegistry
 
@@ -38,9 +38,13 @@ def estimate_tokens(request: GenerationRequest, *, tokens_per_frame: int = 160) 
 
 
 class Episode(ABC):
-    """One episode, stepped: ``request()`` -> engine -> ``on_generation`` -> maybe ``run_tool`` -> ..."""
+    """One episode, stepped: ``request()`` -> engine -> ``on_generation`` -> maybe ``run_tool`` -> ...
+
+    An episode with ``prepares = True`` first runs :meth:`prepare` (decoding its frames, say) as
+    a set-up step that holds no engine slot; its first ``request()`` is asked for after it."""
 
     error: str | None = None
+    prepares: bool = False
 
     @abstractmethod
     def request(self) -> GenerationRequest:
@@ -55,12 +59,22 @@ class Episode(ABC):
         """Records the turn; says whether it answered, asked for a tool, or goes on without one."""
 
     @abstractmethod
-    async def run_tool(self) -> None:
-        """Runs the tool the last turn asked for (the driver cuts it at the tool time-out)."""
+    async def run_tool(self) -> FinishReason | None:
+        """Runs the tool the last turn asked for (the driver cuts it at the tool time-out).
+        Returns None when the next turn follows, or how the episode ended, for an episode that
+        decides that only after its tool (an agent loop that parses its own turns)."""
 
     @abstractmethod
     def on_tool_timeout(self, seconds: float) -> None:
         """Records an error result for a tool the driver cut, so the next turn sees it."""
+
+    async def prepare(self) -> FinishReason | None:
+        """The set-up step of an episode with ``prepares = True``; returns as :meth:`run_tool`."""
+        return None
+
+    def close(self, reason: FinishReason) -> None:
+        """The episode is over (``reason``): release whatever it still runs. Called once."""
+        return None  # a stepped episode holds nothing between steps; the driver cuts its task
 
     def summary(self) -> dict[str, Any]:
         """What a remote worker sends back for this episode (plain data; it crosses processes)."""
@@ -107,6 +121,7 @@ class ScriptedEpisode(Episode):
         call = ToolCall(name=self.tool_name, arguments={"seconds": self.tool_seconds[k]})
         record = await self.registry.acall(self.context, call, self.tool_calls)  # the agent's tool layer
         self.tool_calls.append(record)
+        return None
 
     def summary(self) -> dict[str, Any]:
         return {"index": self.index, "texts": [g.text for g in self.turns],

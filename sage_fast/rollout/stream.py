@@ -4,7 +4,8 @@ Asynchronous RL does not roll out a fixed batch and stop: the trainer submits st
 while step k's stragglers still run, and trains on each group as soon as it is whole (the "stream"
 figure in bench/RESULTS.md). :class:`RolloutStream` is that session over one engine and one
 scheduler core, and the only driver loop in the package (:func:`sage_fast.rollout.driver.run_rollout`
-is a fixed batch on a stream). The loop runs as one background asyncio task: it carries out the
+is a fixed batch on a stream; :mod:`sage_fast.rollout.agent_rollout` runs the agent's own loop as
+stream episodes). The loop runs as one background asyncio task: it carries out the
 scheduler's decisions (admit a turn, start a tool, cut a tool, end an episode, hand over a group)
 and feeds back what happened. Everything that completed in one wake-up of the loop, plus the
 trailing "time passed", goes to the core in one :meth:`Scheduler.replay` call, in episode order,
@@ -114,12 +115,18 @@ class RolloutStream:
         episodes = list(group_episodes)
         if not episodes:
             raise ValueError("submit(): a group needs at least one episode; got an empty sequence")
+        prepares = {bool(episode.prepares) for episode in episodes}
+        if len(prepares) > 1:
+            raise ValueError("submit(): a group's episodes must all prepare or all not (Episode.prepares differs)")
+        prepare = prepares.pop()
         self._start_driver()
-        try:
-            cost = episodes[0].cost()
-        except Exception:
-            cost = 0  # its first request() will fail the episode, which reports why
-        group, decisions = self.scheduler.add_group(len(episodes), cost, self.now())
+        cost = 0  # a preparing episode reports its first turn's cost when its set-up ends
+        if not prepare:
+            try:
+                cost = episodes[0].cost()
+            except Exception:
+                cost = 0  # its first request() will fail the episode, which reports why
+        group, decisions = self.scheduler.add_group(len(episodes), cost, self.now(), prepare=prepare)
         if group != len(self._groups):
             raise RuntimeError(f"the scheduler gave group id {group}, the stream expected {len(self._groups)} (bug)")
         self._groups.append((len(self._episodes), len(episodes)))
@@ -305,6 +312,8 @@ class RolloutStream:
                 action = episode.on_generation(result)
                 cost = episode.cost() if action != TurnAction.ANSWER else 0
                 return (int(EventCode.TURN_FINISHED), e, int(action), cost, now)
+            if result is not None:  # the episode ended in its tool or set-up step (an agent loop)
+                return (int(EventCode.FINISH), e, int(FinishReason(result)), 0, now)
             return (int(EventCode.TOOL_FINISHED), e, episode.cost(), 0, now)
         except (Exception, asyncio.CancelledError) as exc:  # a broken episode or engine call fails alone
             self._errors[e] = describe_error(exc)
@@ -327,6 +336,8 @@ class RolloutStream:
                 self._turns += 1
             elif kind == DecisionKind.START_TOOL:
                 self._track(asyncio.create_task(self._episodes[e].run_tool()), "tool", e)
+            elif kind == DecisionKind.PREPARE:  # set-up runs like a tool: its end queues the first turn
+                self._track(asyncio.create_task(self._episodes[e].prepare()), "tool", e)
             elif kind == DecisionKind.TOOL_TIMEOUT:
                 self._cancel(e)
                 # A tool that returned in the same wake-up as its deadline passed already recorded
@@ -336,6 +347,10 @@ class RolloutStream:
             elif kind == DecisionKind.FINISH:
                 self._reasons[e] = FinishReason(aux)
                 self._cancel(e)
+                try:
+                    self._episodes[e].close(FinishReason(aux))
+                except Exception as exc:  # the episode is over either way; keep its first error
+                    self._errors[e] = self._errors[e] or describe_error(exc)
             elif kind == DecisionKind.GROUP_COMPLETE:
                 first, size = self._groups[g]
                 members = range(first, first + size)

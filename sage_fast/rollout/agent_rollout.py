@@ -151,9 +151,11 @@ class AgentEpisode(Episode):
         raise RuntimeError("agent episodes cut tools with the registry's time-outs; SchedulerConfig.tool_timeout "
                            "must be 0")
 
-    def close(self, reason: FinishReason) -> None:
-        if self._task is not None and not self._task.done():
-            self._task.cancel()  # stopped (time-out, cancel) or failed while the agent waited
+    def close(self, reason: FinishReason) -> asyncio.Task | None:
+        if self._task is None or self._task.done():
+            return None
+        self._task.cancel()  # stopped (time-out, cancel) or failed while the agent waited
+        return self._task
 
     def result(self, error: str | None, reason: FinishReason) -> Trajectory:
         """The episode's trajectory, or one that records why there is none."""

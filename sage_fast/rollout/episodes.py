@@ -8,6 +8,7 @@ never waits inside except in :meth:`Episode.run_tool`, which the driver runs as 
 
 from __future__ import annotations
 
+import asyncio
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -72,8 +73,9 @@ class Episode(ABC):
         """The set-up step of an episode with ``prepares = True``; returns as :meth:`run_tool`."""
         return None
 
-    def close(self, reason: FinishReason) -> None:
-        """The episode is over (``reason``): release whatever it still runs. Called once."""
+    def close(self, reason: FinishReason) -> asyncio.Task | None:
+        """The episode is over (``reason``): cancel whatever it still runs on its own and return
+        that task, which the driver's ``aclose()`` waits for. Called once."""
         return None  # a stepped episode holds nothing between steps; the driver cuts its task
 
     def summary(self) -> dict[str, Any]:

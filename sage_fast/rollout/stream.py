@@ -348,9 +348,13 @@ class RolloutStream:
                 self._reasons[e] = FinishReason(aux)
                 self._cancel(e)
                 try:
-                    self._episodes[e].close(FinishReason(aux))
+                    winding_down = self._episodes[e].close(FinishReason(aux))
                 except Exception as exc:  # the episode is over either way; keep its first error
                     self._errors[e] = self._errors[e] or describe_error(exc)
+                else:
+                    if winding_down is not None:  # aclose() waits for it as for the cut tasks
+                        self._cut.add(winding_down)
+                        winding_down.add_done_callback(self._cut.discard)
             elif kind == DecisionKind.GROUP_COMPLETE:
                 first, size = self._groups[g]
                 members = range(first, first + size)

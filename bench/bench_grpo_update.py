@@ -38,6 +38,8 @@ from typing import Any
 import pytest
 import torch
 
+from bench.rss_probe import peak_mb
+
 MODES = ("shared", "unshared")
 GROUPS, GROUP_SIZE = 2, 8
 FRAMES, SIDE = 32, 280  # 16 temporal groups x (20 x 20 patches / 4) = 1 600 video tokens per Stage-1 prompt
@@ -122,23 +124,16 @@ def run(model: torch.nn.Module, row: dict[str, Any], order: list[int], spans: li
     return torch.cat([per_sample[i] for i in sorted(per_sample)])
 
 
-def _peak_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def probe(mode: str) -> dict[str, float]:
     """Peak memory of packing plus one forward + backward, in this (fresh) process."""
     os.environ.setdefault("SAGE_FAST_FORCE_IMPL", "reference" if not torch.cuda.is_available() else "kernel")
     model, samples = build()
-    base = _peak_mb()
+    base = peak_mb()
     started = time.perf_counter()
     row, order, spans = pack(mode, model, samples)
     del samples  # the trainer keeps its samples; here only the row's own memory is measured
     run(model, row, order, spans)
-    return {"mode": mode, "baseline_mb": base, "peak_mb": _peak_mb(), "seconds": time.perf_counter() - started}
+    return {"mode": mode, "baseline_mb": base, "peak_mb": peak_mb(), "seconds": time.perf_counter() - started}
 
 
 @pytest.fixture(scope="module")

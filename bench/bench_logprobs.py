@@ -33,6 +33,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from bench.rss_probe import peak_mb
+
 # On a GPU the row of the docstring; on a CPU a quarter of it (the plain providers' full logits of
 # the whole row, 17k x 152k float32 = 10 GB, and their gradient do not fit beside a 24 GB machine's other work).
 if torch.cuda.is_available():
@@ -107,21 +109,14 @@ def available(provider: str) -> bool:
     return True
 
 
-def _peak_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def probe(provider: str) -> dict[str, float]:
     """Peak memory of one forward + backward, in this (fresh) process."""
     os.environ.setdefault("SAGE_FAST_FORCE_IMPL", "reference" if not torch.cuda.is_available() else "kernel")
     model, row = build()
-    base = _peak_mb()
+    base = peak_mb()
     started = time.perf_counter()
     run(provider, model, row)
-    return {"provider": provider, "baseline_mb": base, "peak_mb": _peak_mb(), "seconds": time.perf_counter() - started}
+    return {"provider": provider, "baseline_mb": base, "peak_mb": peak_mb(), "seconds": time.perf_counter() - started}
 
 
 @pytest.fixture(scope="module")

@@ -27,8 +27,9 @@ def _ru_maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def _peak_mb() -> float:
-    """This process's peak resident memory (VmHWM); ru_maxrss where /proc is missing."""
+def peak_mb() -> float:
+    """This process's peak resident memory so far (VmHWM), in MB; ru_maxrss where /proc is missing.
+    The other benches' fresh-process probes use it too."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -47,7 +48,7 @@ def main(argv: list[str]) -> int:
     if provider == "sage_fast":
         from sage_fast.video import VideoReader
 
-        baseline = _peak_mb()
+        baseline = peak_mb()
         start = time.perf_counter()
         batch = VideoReader(path, backend="native", num_threads=0).sample_uniform(128, 2.0)
         frames = batch.data.permute(0, 2, 3, 1)  # NHWC memory, as the hash below expects
@@ -55,14 +56,14 @@ def main(argv: list[str]) -> int:
         from torchcodec.decoders import VideoDecoder
 
         times = json.loads(argv[2])
-        baseline = _peak_mb()
+        baseline = peak_mb()
         start = time.perf_counter()
         decoder = VideoDecoder(path, seek_mode="exact", num_ffmpeg_threads=0, dimension_order="NHWC")
         frames = decoder.get_frames_played_at(times).data
     else:
         raise SystemExit(f"unknown provider {provider!r}: use sage_fast or torchcodec")
     seconds = time.perf_counter() - start
-    peak = _peak_mb()
+    peak = peak_mb()
     digest = hashlib.blake2b(frames.contiguous().numpy().data, digest_size=16).hexdigest()
     print(json.dumps({"provider": provider, "baseline_mb": round(baseline, 1), "peak_mb": round(peak, 1),
                       "ru_maxrss_mb": round(_ru_maxrss_mb(), 1),

@@ -22,6 +22,19 @@ def _wait(latency: Latency, body: dict[str, Any]) -> None:
         time.sleep(seconds)
 
 
+def local_http_server(handler: type) -> Any:
+    """A threading HTTP server on a free local port. Its listen backlog is 256, not http.server's
+    5: a rollout keeps dozens of requests in flight, and connections beyond the backlog have
+    their SYN dropped and retried a second later, which shows up as made-up engine latency."""
+    from http.server import ThreadingHTTPServer
+
+    class Server(ThreadingHTTPServer):
+        request_queue_size = 256
+        daemon_threads = True
+
+    return Server(("127.0.0.1", 0), handler)
+
+
 def send_json(handler: Any, status: int, body: dict[str, Any]) -> None:
     """Writes one JSON response with its length (keep-alive clients need it)."""
     import json
@@ -47,7 +60,7 @@ class OpenAIStub:
     def __init__(self) -> None:
         import json
         import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from http.server import BaseHTTPRequestHandler
 
         self.replies: list[str] = []
         self.reply: str | Callable[[dict[str, Any]], str] | None = None
@@ -110,8 +123,7 @@ class OpenAIStub:
                               "total_tokens": 1000 + len(words)},
                 })
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        self._server = local_http_server(Handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}/v1"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
@@ -144,7 +156,7 @@ class GeminiStub:
     def __init__(self) -> None:
         import json
         import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from http.server import BaseHTTPRequestHandler
 
         self.replies: list[str | int] = []  # an int is answered as that HTTP error status
         self.latency_s: Latency = 0.0
@@ -271,7 +283,7 @@ class GeminiStub:
                     "modelVersion": "stub",
                 })
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = local_http_server(Handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()

@@ -348,8 +348,9 @@ def _bwd_blocks(head_dim: int, dtype: torch.dtype, on_gpu: bool) -> tuple[tuple[
 
 
 def _check_args(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
-                cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int) -> None:
+                cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, total_k: int | None = None) -> None:
     """Shape, dtype and device checks that name the tensor, what was expected and the fix.
+    ``total_k``: the keys the segments index (``len(kv_index)`` when keys are gathered), else k's rows.
 
     Values of cu_seqlens are checked only on the CPU: on a GPU reading them would synchronise the
     device in every layer (flash-attn does not check them either).
@@ -374,7 +375,8 @@ def _check_args(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q:
                          f"{q.shape[2]}; use sage_fast.kernels.reference.varlen_attention_sdpa for larger heads")
     if k.shape[1] == 0 or q.shape[1] % k.shape[1] != 0:
         raise ValueError(f"q's nheads ({q.shape[1]}) must be a multiple of k's nheads_k ({k.shape[1]}) for GQA")
-    for name, cu, total in (("cu_seqlens_q", cu_seqlens_q, q.shape[0]), ("cu_seqlens_k", cu_seqlens_k, k.shape[0])):
+    total_k = k.shape[0] if total_k is None else total_k
+    for name, cu, total in (("cu_seqlens_q", cu_seqlens_q, q.shape[0]), ("cu_seqlens_k", cu_seqlens_k, total_k)):
         if cu.dim() != 1 or cu.numel() < 2:
             raise ValueError(f"{name} must be (batch + 1,) cumulative lengths starting at 0, got shape "
                              f"{tuple(cu.shape)}; build it with F.pad(lengths.cumsum(0), (1, 0))")
@@ -500,9 +502,59 @@ class VarlenAttentionFunction(torch.autograd.Function):
         return dq, dk, dv, None, None, None, None, None, None, None
 
 
+class GatheredKVVarlenAttentionFunction(torch.autograd.Function):
+    """VarlenAttentionFunction whose keys and values are rows ``kv_index`` of k and v.
+
+    Why: a shared-prefix row (a GRPO group's prompt once, then its n responses) attends each
+    response to [prefix, itself], so the prefix's keys appear n times among the keys. Gathered
+    before the call, that copy (n x prefix rows) is what autograd would keep for backward in every
+    layer: ~13 GB at 8B for a group of 8 with an 11k-token prompt. Here the copy exists only while
+    the forward and then the backward kernels run; autograd keeps k and v themselves, and the
+    backward sums each gathered row's gradient back onto its row (in fp32).
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, kv_index, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,  # noqa: ANN001
+                causal, softmax_scale, blocks=None):  # noqa: ANN001, ANN205
+        q = q if q.stride(-1) == 1 else q.contiguous()
+        keys, values = k.index_select(0, kv_index), v.index_select(0, kv_index)
+        out, lse = _forward(q, keys, values, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, causal, softmax_scale, blocks)
+        ctx.save_for_backward(q, k, v, kv_index, out, lse, cu_seqlens_q, cu_seqlens_k)
+        ctx.args = (max_seqlen_q, max_seqlen_k, causal, softmax_scale, blocks)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):  # noqa: ANN001, ANN205
+        q, k, v, kv_index, out, lse, cu_q, cu_k = ctx.saved_tensors
+        max_seqlen_q, max_seqlen_k, causal, scale, blocks = ctx.args
+        keys, values = k.index_select(0, kv_index), v.index_select(0, kv_index)
+        dq, dkeys, dvalues = _backward(dout, q, keys, values, out, lse, cu_q, cu_k, max_seqlen_q, max_seqlen_k,
+                                       causal, scale, blocks)
+        del keys, values
+
+        def scatter(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+            summed = torch.zeros(like.shape, dtype=torch.float32, device=like.device)
+            return summed.index_add_(0, kv_index, grad.float()).to(like.dtype)
+
+        return (dq, scatter(dkeys, k), scatter(dvalues, v), None, None, None, None, None, None, None, None)
+
+
+def _check_kv_index(kv_index: torch.Tensor, k: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    if kv_index.dim() != 1 or kv_index.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"kv_index must be a 1-D int64 tensor of k's row numbers, got {kv_index.dtype} of shape "
+                         f"{tuple(kv_index.shape)}; build it with shared_prefix_kwargs(blocks)")
+    if kv_index.device != q.device:
+        raise ValueError(f"kv_index is on {kv_index.device} but q is on {q.device}; move it to q's device")
+    if kv_index.device.type == "cpu" and kv_index.numel() and (int(kv_index.min()) < 0
+                                                               or int(kv_index.max()) >= k.shape[0]):
+        raise ValueError(f"kv_index must hold row numbers in [0, {k.shape[0]}) (k's rows), got values from "
+                         f"{int(kv_index.min())} to {int(kv_index.max())}")
+    return kv_index.long()
+
+
 def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
                      cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, causal: bool = True,
-                     softmax_scale: float | None = None) -> torch.Tensor:
+                     softmax_scale: float | None = None, kv_index: torch.Tensor | None = None) -> torch.Tensor:
     """Attention over the segments of packed rows (flash-attn's ``flash_attn_varlen_func``).
 
     q: (total_q, nheads, head_dim); k, v: (total_k, nheads_k, head_dim) with nheads % nheads_k == 0;
@@ -513,13 +565,25 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     module docstring); softmax_scale: default 1/sqrt(head_dim). fp16/bf16 (fp32 for tests), head_dim
     up to 128 (64, 80 and 128 are the Qwen-VL ones). Returns (total_q, nheads, head_dim).
 
+    kv_index: optional int64 (total_k,): the keys and values are rows ``kv_index`` of k and v (a
+    shared prefix's rows repeated for each of its responses); the kernel path never keeps that
+    gathered copy for backward (``GatheredKVVarlenAttentionFunction``).
+
     Runs the Triton kernels when ``sage_fast.kernels._dispatch.use_kernel`` says so (CUDA tensors or
     the interpreter), else ``varlen_attention_sdpa`` (one PyTorch SDPA call per segment: memory
     stays O(total), unlike the tests' written-out reference).
     """
-    _check_args(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k))
+    if kv_index is not None:
+        kv_index = _check_kv_index(kv_index, k, q)
+    _check_args(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
+                None if kv_index is None else kv_index.numel())
     scale = 1.0 / math.sqrt(q.shape[-1]) if softmax_scale is None else float(softmax_scale)
     if not use_kernel(q, k, v):
+        if kv_index is not None:
+            k, v = k.index_select(0, kv_index), v.index_select(0, kv_index)
         return varlen_attention_sdpa(q, k, v, cu_seqlens_q, cu_seqlens_k, causal=causal, softmax_scale=scale)
+    if kv_index is not None:
+        return GatheredKVVarlenAttentionFunction.apply(q, k, v, kv_index, cu_seqlens_q, cu_seqlens_k,
+                                                       int(max_seqlen_q), int(max_seqlen_k), bool(causal), scale)
     return VarlenAttentionFunction.apply(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q),
                                          int(max_seqlen_k), bool(causal), scale)

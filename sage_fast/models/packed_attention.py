@@ -34,6 +34,8 @@ segmented ``[P, r1, ..., rn]``, while keys and values are ``k[shared_prefix_kv_i
 ``[P, (P, r1), ..., (P, rn)]``, segmented by ``cu_seq_lens_k``; the bottom-right causal alignment
 lets response token j of segment (P, ri) see P and ri up to j. No (L, L) mask is built, and the
 gather's backward (an index_add) sums each response's gradient into the one copy of the prefix.
+On the kernel path the gather happens inside the attention's autograd function
+(``kv_index``), so the n-fold copy of the prefix's keys is never kept for backward.
 """
 
 from __future__ import annotations
@@ -211,14 +213,16 @@ def shared_prefix_kwargs(blocks: list[tuple[int, list[int]]], device: torch.devi
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
            cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, causal: bool,
-           softmax_scale: float | None) -> torch.Tensor:
+           softmax_scale: float | None, kv_index: torch.Tensor | None = None) -> torch.Tensor:
     """``varlen_attention``: the Triton kernel where it can run (``use_kernel``), per-segment SDPA
     (``per_segment_sdpa``) elsewhere and for heads wider than the kernel's tiles (> 128).
-    Shapes: (total, heads, head_dim) in and out."""
+    Shapes: (total, heads, head_dim) in and out; ``kv_index``: keys and values are those rows of k, v."""
     if q.shape[-1] > packed_attention.MAX_HEAD_DIM:
+        if kv_index is not None:
+            k, v = k.index_select(0, kv_index), v.index_select(0, kv_index)
         return per_segment_sdpa(q, k, v, cu_seqlens_q, cu_seqlens_k, causal=causal, softmax_scale=softmax_scale)
     return packed_attention.varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                                             causal=causal, softmax_scale=softmax_scale)
+                                             causal=causal, softmax_scale=softmax_scale, kv_index=kv_index)
 
 
 # ---- the transformers attention function ---------------------------------------------------------
@@ -280,12 +284,10 @@ def sage_varlen_attention_forward(
     if causal and cu_seq_lens_q is not None and cu_seq_lens_k is not None:
         max_q = int(max_length_q) if max_length_q is not None else int((cu_seq_lens_q[1:] - cu_seq_lens_q[:-1]).max())
         max_k = int(max_length_k) if max_length_k is not None else int((cu_seq_lens_k[1:] - cu_seq_lens_k[:-1]).max())
-        keys, values = flat(k), flat(v)
-        if shared_prefix_kv_index is not None:  # [P, (P, r1), ...]; index_select's backward sums into P
-            keys = keys.index_select(0, shared_prefix_kv_index)
-            values = values.index_select(0, shared_prefix_kv_index)
-        out = attend(flat(q), keys, values, cu_seq_lens_q.to(torch.int32), cu_seq_lens_k.to(torch.int32),
-                     max_q, max_k, causal, scaling)
+        # With shared_prefix_kv_index the keys are [P, (P, r1), ...]: gathered inside the kernel's
+        # autograd function, whose backward sums the prefix's gradient back onto its rows.
+        out = attend(flat(q), flat(k), flat(v), cu_seq_lens_q.to(torch.int32), cu_seq_lens_k.to(torch.int32),
+                     max_q, max_k, causal, scaling, kv_index=shared_prefix_kv_index)
         return out.view(batch, q_len, nheads, head_dim), None
 
     if attention_mask is not None:  # 2-D padding mask (batch, kv_len): unpad, attend, pad

@@ -260,3 +260,65 @@ def test_gpu_matches_flash_attn_varlen() -> None:
     got = pa.varlen_attention(q, k, v, cu_q, cu_k, max(lengths_q), max(lengths_k), causal=True)
     want = flash_attn.flash_attn_varlen_func(q, k, v, cu_q, cu_k, max(lengths_q), max(lengths_k), causal=True)
     torch.testing.assert_close(got, want, atol=2e-2, rtol=2e-2)
+
+
+def _shared_prefix_layout(prefix: int, responses: list[int]) -> tuple[list[int], list[int], torch.Tensor]:
+    """A row [P r1 ... rn]: query segments P, r1..rn; key segments P, P+r1, ..., P+rn; the gather."""
+    own = list(range(prefix))
+    gather, position = list(own), prefix
+    for n in responses:
+        gather += own + list(range(position, position + n))
+        position += n
+    return [prefix, *responses], [prefix, *(prefix + n for n in responses)], torch.tensor(gather, device=DEVICE)
+
+
+@needs_kernel
+@pytest.mark.parametrize("index_dtype", [torch.int64, torch.int32], ids=str)
+def test_gathered_keys_match_gathering_first(index_dtype: torch.dtype) -> None:
+    """kv_index gives the output and gradients of gathering k and v first (the prefix's key
+    gradient summed over its responses), with GQA and block-straddling lengths."""
+    lengths_q, lengths_k, index = _shared_prefix_layout(21, [5, 1, 17])
+    q, k, v, do = make_inputs(lengths_q, lengths_q, 4, 2, 64, torch.float32, seed=3)
+    cu_q, cu_k = cu_seqlens(lengths_q), cu_seqlens(lengths_k)
+    common = dict(cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max(lengths_q), max_seqlen_k=max(lengths_k))
+
+    def gathered_first(q, k, v):  # noqa: ANN001, ANN202
+        return pa.varlen_attention(q, k.index_select(0, index), v.index_select(0, index), **common)
+
+    got = run(lambda q, k, v: pa.varlen_attention(q, k, v, kv_index=index.to(index_dtype), **common), q, k, v, do)
+    want = run(gathered_first, q, k, v, do)
+    for name, g, w in zip(("out", "dq", "dk", "dv"), got, want, strict=True):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5, msg=name)
+
+
+@needs_kernel
+def test_gathered_keys_are_not_kept_for_backward() -> None:
+    """Autograd keeps k and v (row size), never the gathered copy (n x prefix rows): the memory
+    a shared prefix would otherwise cost in every layer."""
+    lengths_q, lengths_k, index = _shared_prefix_layout(40, [3, 4, 5, 6])
+    q, k, v, _ = make_inputs(lengths_q, lengths_q, 4, 2, 32, torch.float32)
+    cu_q, cu_k = cu_seqlens(lengths_q), cu_seqlens(lengths_k)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    saved: list[tuple[int, ...]] = []
+
+    def keep(t: torch.Tensor) -> torch.Tensor:
+        saved.append(tuple(t.shape))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        pa.varlen_attention(*leaves, cu_q, cu_k, max(lengths_q), max(lengths_k), kv_index=index)
+    assert (sum(lengths_q), 2, 32) in saved  # k and v themselves
+    assert not [shape for shape in saved if len(shape) == 3 and shape[0] == index.numel()], saved
+
+
+@pytest.mark.parametrize(("index", "message"), [
+    (lambda n: torch.arange(n).float(), "kv_index must be a 1-D int64 tensor"),
+    (lambda n: torch.arange(n).view(1, -1), "kv_index must be a 1-D int64 tensor"),
+    (lambda n: torch.arange(n) + 1, r"kv_index must hold row numbers in \[0, 33\)"),
+    (lambda n: torch.arange(n)[:-1], r"cu_seqlens_k must be non-decreasing within \[0, 32\]"),
+])
+def test_kv_index_checks(index, message: str) -> None:  # noqa: ANN001
+    q, k, v, _ = make_inputs([16, 17], [16, 17], 4, 2, 64, torch.float32)
+    with pytest.raises(ValueError, match=message):
+        pa.varlen_attention(q, k, v, cu_seqlens([16, 17]), cu_seqlens([16, 17]), 17, 17,
+                            kv_index=index(33).to(DEVICE))

@@ -12,7 +12,8 @@ Shapes: a packed row of turn-samples (``pack_samples``) is flattened to ``total`
 per-token tensor here is (total,) (or any shape, as long as all agree), ``mask`` marks the
 response tokens that are trained on. ``token-mean`` averages over the tokens given: a trainer that
 splits a step into micro-batches must weight each micro-batch's loss by its share of the step's
-tokens (verl does the same) so the step's gradient is the mean over all its tokens.
+tokens (verl does the same) so the step's gradient is the mean over all its tokens; with
+``seq-mean-token-mean``, by its share of the step's samples.
 """
 
 from __future__ import annotations

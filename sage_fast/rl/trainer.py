@@ -349,8 +349,8 @@ class GRPOTrainer:
     def _micro_batch(self, blocks: list[Family], samples: list[dict[str, torch.Tensor]],
                      sample_advantages: torch.Tensor, trained: list[int], total_tokens: int,
                      sums: dict[str, float]) -> dict[str, float]:
-        """Forward + backward of one packed row, its loss weighted by its share of the step's tokens
-        so the accumulated gradient is the token-mean over the whole step."""
+        """Forward + backward of one packed row, its loss weighted by its share of the step
+        (``_row_share``) so the accumulated gradient is the whole step's aggregation."""
         device = self.model.device
         if any(block.shared for block in blocks):
             # A family's vision tensors are read from its first member only: the others' stay put.
@@ -382,13 +382,22 @@ class GRPOTrainer:
         # One update per rollout batch: the sampling policy is the current one (ratio 1, clip inert).
         loss, stats = grpo_loss(logprobs, logprobs.detach(), ref, advantages, mask, self.config.loss,
                                 sample_index=sample_index)
-        share = sum(trained[i] for i in indices) / total_tokens
-        (loss * share).backward()
+        (loss * self._row_share(indices, trained, total_tokens)).backward()
         tokens = sum(trained[i] for i in indices)
         for key, value in stats.items():
             if key != "tokens":
                 sums[key] = sums.get(key, 0.0) + float(value) * tokens
         return sums
+
+    def _row_share(self, indices: list[int], trained: list[int], total_tokens: int) -> float:
+        """The weight of one row's loss in the step, so the step's gradient does not depend on how
+        samples were packed into rows: its share of the step's trained tokens (token-mean), or of
+        its samples that have trained tokens (seq-mean-token-mean: a row's loss is the mean over
+        its own samples)."""
+        if self.config.loss.loss_agg == "seq-mean-token-mean":
+            scored = sum(1 for n in trained if n > 0)
+            return sum(1 for i in indices if trained[i] > 0) / max(1, scored)
+        return sum(trained[i] for i in indices) / total_tokens
 
     # ---- the loop ------------------------------------------------------------------------------
 

@@ -66,10 +66,11 @@ def make_trainer(folder: Path, judge: Judge, out: Path, **overrides) -> GRPOTrai
 
 
 def reference_gradients(folder: Path, trainer: GRPOTrainer, groups: list[list[Trajectory]],
-                        advantages: torch.Tensor) -> dict[str, torch.Tensor]:
+                        advantages: torch.Tensor, loss_agg: str = "token-mean") -> dict[str, torch.Tensor]:
     """The obviously-right version: every turn-sample on its own through an sdpa copy of the
     policy; on-policy PPO without KL is REINFORCE on the tempered policy:
-    loss = -sum_s A_s sum_t log softmax(logits / T)_t / tokens."""
+    loss = -sum_s A_s sum_t log softmax(logits / T)_t / tokens (token-mean), or
+    -1/samples sum_s A_s mean_t log softmax(logits / T)_t (seq-mean-token-mean)."""
     from transformers import AutoModelForImageTextToText
 
     model = AutoModelForImageTextToText.from_pretrained(folder, attn_implementation="sdpa", dtype=torch.float32)
@@ -89,22 +90,30 @@ def reference_gradients(folder: Path, trainer: GRPOTrainer, groups: list[list[Tr
                 targets = item["labels"][1:]
                 keep = targets != IGNORE_INDEX
                 logp = torch.log_softmax(logits, -1)[keep].gather(-1, targets[keep].unsqueeze(-1)).squeeze(-1)
-                terms.append(-float(advantages[episode]) * logp.sum())
-                tokens += int(keep.sum())
+                if loss_agg == "token-mean":
+                    terms.append(-float(advantages[episode]) * logp.sum())
+                    tokens += int(keep.sum())
+                elif keep.any():  # a sample without trained tokens is left out of the mean
+                    terms.append(-float(advantages[episode]) * logp.mean())
+                    tokens += 1
             episode += 1
     (torch.stack(terms).sum() / tokens).backward()
     return {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize(("device", "loss_agg"), [("cpu", "token-mean"), ("cpu", "seq-mean-token-mean"),
+                                                  pytest.param("cuda", "token-mean", marks=pytest.mark.gpu)])
 def test_packed_update_is_the_per_sample_policy_gradient(world, judge, tmp_path: Path, device: str,  # noqa: ANN001
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+                                                         loss_agg: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Either aggregation gives the per-sample reference's gradient whatever rows the samples were
+    packed into (seq-mean-token-mean weights each row by its share of the step's samples)."""
     if device == "cuda":  # the compiled Triton kernel, forward and backward, in the trainer's packed rows
         monkeypatch.setenv("SAGE_FAST_FORCE_IMPL", "kernel")
     _, folder, items = world
     judge_, _ = judge
     config = GRPOConfig(output_dir=str(tmp_path / "run"), group_size=2, prompts_per_step=1, max_new_tokens=10,
-                        micro_batch_tokens=4096, loss=GRPOLossConfig(kl_estimator="none", kl_coef=0.0))
+                        micro_batch_tokens=4096,
+                        loss=GRPOLossConfig(kl_estimator="none", kl_coef=0.0, loss_agg=loss_agg))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         policy = TransformersVLM(folder, device=device, dtype=torch.float32)
@@ -113,7 +122,7 @@ def test_packed_update_is_the_per_sample_policy_gradient(world, judge, tmp_path:
     assert [len(g) for g in groups] == [2, 2] and all(t.error is None for g in groups for t in g)
     assert all(t.turns[0].stage == "stage1" and t.turns[0].frames == 4 for g in groups for t in g)
     advantages = torch.tensor([1.0, -0.5, 0.25, -2.0])
-    want = reference_gradients(folder, trainer, groups, advantages)
+    want = reference_gradients(folder, trainer, groups, advantages, loss_agg)
     stats = trainer.accumulate_gradients(groups, advantages)
     assert stats["micro_batches"] >= 2  # the Stage-1 samples alone exceed one row's budget
     # each group's two Stage-1 samples share their prompt (shared_prefix is on by default)

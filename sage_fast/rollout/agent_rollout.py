@@ -49,6 +49,12 @@ class ScheduledOrchestrator:
         self.loop = loop
         self.name = f"scheduled:{engine.name}"
 
+    @property
+    def spec(self) -> Any:
+        """The engine's model spec when it holds a local model (the agent sizes frames by its
+        patch size); None for a server, where the agent's default (14-px patches) applies."""
+        return getattr(getattr(self.engine, "vlm", None), "spec", None)
+
     async def agenerate(self, messages: list[dict[str, Any]], frames: Any, sampling: SamplingConfig) -> Generation:
         request = GenerationRequest(messages=messages, frames=frames, sampling=sampling)
         episode = _EPISODE.get()
@@ -157,6 +163,10 @@ class AgentEpisode(Episode):
         self._task.cancel()  # stopped (time-out, cancel) or failed while the agent waited
         return self._task
 
+    def summary(self) -> dict[str, Any]:
+        """What a remote worker sends back: the trajectory as a dict (None when the episode had none)."""
+        return {"trajectory": None if self.trajectory is None else self.trajectory.to_dict()}
+
     def result(self, error: str | None, reason: FinishReason) -> Trajectory:
         """The episode's trajectory, or one that records why there is none."""
         if self.trajectory is not None:
@@ -165,6 +175,28 @@ class AgentEpisode(Episode):
         why = error or f"EpisodeStopped: {reason.name.lower()}"
         return Trajectory(video_path=str(item["video"]), question=item["question"], error=why,
                           metadata=dict(item.get("metadata") or {}))
+
+
+@dataclass(frozen=True)
+class AgentEpisodeFactory:
+    """SAGE agent episodes for a rollout worker (:class:`~sage_fast.rollout.ray_pool.RayRolloutPool`):
+    specs are ``{"video", "question", "metadata"?}`` items. The worker calls :meth:`bind` with its
+    engine, on its event loop, once: the agent is built there (``config``; tools from
+    ``tools(orchestrator)``, a picklable function, default the agent's own default tools with the
+    worker's engine as their VLM). Each episode's summary holds its trajectory as a dict."""
+
+    config: Any  # sage_fast.agent.loop.AgentConfig
+    tools: Callable[[Any], list[Any]] | None = None
+    tool_workers: int = 64
+
+    def bind(self, engine: Engine) -> Callable[[dict[str, Any]], AgentEpisode]:
+        from sage_fast.agent.loop import Agent
+
+        orchestrator = ScheduledOrchestrator(engine, asyncio.get_running_loop())
+        # enough tool threads for every episode's tool at once (AgentConfig's default is one user's)
+        config = dataclasses.replace(self.config, tool_workers=max(self.config.tool_workers, self.tool_workers))
+        agent = Agent(orchestrator, tools=None if self.tools is None else self.tools(orchestrator), config=config)
+        return lambda item: AgentEpisode(agent, item)
 
 
 def agent_episodes(agent: Any, group: Sequence[dict[str, Any]]) -> list[AgentEpisode]:
@@ -198,14 +230,15 @@ class AgentRolloutResult:
         return self.engine_busy_s / self.seconds
 
 
-def check_agent_config(agent: Any, config: SchedulerConfig) -> SchedulerConfig:
-    """The scheduler config agent episodes run under: tools are cut by the registry, and the
-    agent's own cap (Stage-1 + max_stage2_steps) ends its episodes, after the last turn's tool,
-    as the loop defines; the core's cap is set above it so it never cuts that tool short."""
+def check_agent_config(agent_config: Any, config: SchedulerConfig) -> SchedulerConfig:
+    """The scheduler config agent episodes (``AgentConfig`` ``agent_config``) run under: tools are
+    cut by the registry, and the agent's own cap (Stage-1 + max_stage2_steps) ends its episodes,
+    after the last turn's tool, as the loop defines; the core's cap is set above it so it never
+    cuts that tool short. Pass its result to a RolloutStream or RayRolloutPool of agent episodes."""
     if config.tool_timeout > 0:
         raise ValueError("agent rollouts cut tools with the registry's per-tool time-outs (Tool.timeout_s); "
                          "set SchedulerConfig.tool_timeout=0")
-    return dataclasses.replace(config, max_turns=2 + agent.config.max_stage2_steps)
+    return dataclasses.replace(config, max_turns=2 + agent_config.max_stage2_steps)
 
 
 async def run_agent_rollout(agent: Any, groups: Sequence[Sequence[dict[str, Any]]], engine: Engine,
@@ -221,7 +254,7 @@ async def run_agent_rollout(agent: Any, groups: Sequence[Sequence[dict[str, Any]
         raise ValueError(f"tool_workers must be >= 1, got {tool_workers}")
     if not groups or any(not g for g in groups):
         raise ValueError("groups must be a non-empty list of non-empty lists of {'video', 'question'} items")
-    config = check_agent_config(agent, config)
+    config = check_agent_config(agent.config, config)
     scheduled = scheduled_agent(agent, engine, tool_workers=tool_workers)
     stream = RolloutStream(engine, config, impl=impl)
     order: list[int] = []

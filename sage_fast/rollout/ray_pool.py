@@ -70,6 +70,7 @@ class RolloutWorker:
         self.index = index
         self.engine = engine.build()
         self.factory = factory
+        self.make_episode: Callable[[Any], Any] = factory
         self.config = config
         self.impl = impl
         self.stream: Any = None  # made on the actor's event loop, at the first group
@@ -82,7 +83,11 @@ class RolloutWorker:
 
         if self.stream is None:
             self.stream = RolloutStream(self.engine, self.config, impl=self.impl)  # type: ignore[arg-type]
-        episodes = [self.factory(spec) for spec in specs]
+            # A factory with bind(engine) (AgentEpisodeFactory) builds what its episodes share
+            # here, once, on this worker's engine and event loop.
+            bind = getattr(self.factory, "bind", None)
+            self.make_episode = bind(self.engine) if bind is not None else self.factory
+        episodes = [self.make_episode(spec) for spec in specs]
         done = asyncio.get_running_loop().create_future()
         self._waiting[self.stream.submit(episodes)] = (group, done)
         if self._pump is None or self._pump.done():
@@ -128,7 +133,9 @@ class RayRolloutPool:
     ``pool.submit(group)`` at any time (to the worker with the fewest episodes in flight), then
     ``for result in pool.results(): ...`` (each group as soon as it completes, submitting more
     inside the loop is fine) or ``pool.next_result()``. Batch: ``run(groups)`` or
-    ``iter_results(groups)``. Call :func:`ray.init` first to pick the cluster."""
+    ``iter_results(groups)``. Call :func:`ray.init` first to pick the cluster. ``factory(spec)``
+    makes one episode inside a worker; a factory with ``bind(engine)`` (SAGE's agent:
+    :class:`~sage_fast.rollout.agent_rollout.AgentEpisodeFactory`) is bound there first."""
 
     def __init__(self, engines: Sequence[EngineSpec], factory: Callable[[Any], Any], config: SchedulerConfig, *,
                  num_cpus: float = 0.5, num_gpus: float = 0.0, impl: str = "auto") -> None:

@@ -116,7 +116,7 @@ def test_agent_groups_stream_in_while_others_run(faulty_openai, video: Path, tmp
 
     async def main():  # noqa: ANN202
         scheduled = scheduled_agent(agent, engine, tool_workers=8)
-        stream = RolloutStream(engine, check_agent_config(agent, SchedulerConfig(max_seqs=4)))
+        stream = RolloutStream(engine, check_agent_config(agent.config, SchedulerConfig(max_seqs=4)))
         try:
             first = stream.submit(agent_episodes(scheduled, [{"video": video, "question": "never mind"}] * 2))
             await asyncio.sleep(0.3)  # the first group is mid-episode (6 turns of >= 0.15 s each)
@@ -204,7 +204,7 @@ def test_closing_an_agent_stream_cancels_its_episodes(faulty_openai, video: Path
 
     async def main():  # noqa: ANN202
         scheduled = scheduled_agent(agent, engine)
-        stream = RolloutStream(engine, check_agent_config(agent, SchedulerConfig()))
+        stream = RolloutStream(engine, check_agent_config(agent.config, SchedulerConfig()))
         episodes = agent_episodes(scheduled, [{"video": video, "question": "never mind"}] * 2)
         stream.submit(episodes)
         await asyncio.sleep(0.6)

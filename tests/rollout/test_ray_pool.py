@@ -124,3 +124,31 @@ def test_pool_submits_to_the_least_loaded_worker(local_ray, tmp_path, make_fault
     assert after.group == again and after.reasons == [FinishReason.ANSWERED]
     assert [f["groups_completed"] for f in figures] == [3, 3]
     assert len(servers[0].requests) == 2 * (3 + 1) + 1 and len(servers[1].requests) == 2 * (1 + 1 + 2)
+
+
+def test_pool_runs_sage_agent_episodes(local_ray, tmp_path, make_faulty_openai) -> None:  # noqa: ANN001
+    """SAGE's own agent loop in a Ray worker: the agent is built there on the worker's engine
+    (AgentEpisodeFactory.bind), each group comes back with its trajectories."""
+    from sage_fast.agent.loop import AgentConfig
+    from sage_fast.agent.trajectory import Trajectory
+    from sage_fast.rollout.agent_rollout import AgentEpisodeFactory, check_agent_config
+    from sage_fast.video.synth import IndexedVideoSpec, make_indexed_video
+    from tests.rollout.test_agent_rollout import scripted_model
+
+    video = make_indexed_video(tmp_path / "episode.mp4", IndexedVideoSpec(num_frames=120, fps=1.0, gop=30, bframes=2))
+    server = make_faulty_openai()
+    server.reply = scripted_model(video)
+    factory = AgentEpisodeFactory(AgentConfig(work_dir=str(tmp_path / "work"), num_frames=8, max_stage2_steps=2))
+    groups = [[{"video": str(video), "question": "What number?"}] * 2, [{"video": str(video), "question": "never mind"}]]
+    pool = RayRolloutPool([EngineSpec("openai", {"base_url": server.url, "model": "stub"})], factory,
+                          check_agent_config(factory.config, SchedulerConfig(max_seqs=4)), num_cpus=0.5)
+    try:
+        results = pool.run(groups)
+    finally:
+        pool.close()
+    assert [r.reasons for r in results] == [[FinishReason.ANSWERED] * 2, [FinishReason.TURN_CAP]]
+    trajectories = [[Trajectory.from_dict(s["trajectory"]) for s in r.summaries] for r in results]
+    assert [t.answer for t in trajectories[0]] == ["12", "12"]
+    assert all(t.tool_calls[0].result.startswith("Extracted 10 frames") for t in trajectories[0])
+    assert trajectories[1][0].could_not_produce and len(trajectories[1][0].turns) == 3
+    assert len(server.requests) == 2 * 2 + 3  # every turn went to the worker's engine

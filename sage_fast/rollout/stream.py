@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import math
 import time
+import warnings
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -75,8 +76,12 @@ class RolloutStream:
     (or ``async with``). The engine stays the caller's: closing the stream does not close it."""
 
     def __init__(self, engine: Engine, config: SchedulerConfig, *, impl: Impl = "auto",
-                 clock: Callable[[], float] = time.perf_counter, record: bool = False) -> None:
+                 clock: Callable[[], float] = time.perf_counter, record: bool = False,
+                 close_timeout_s: float = 30.0) -> None:
+        if close_timeout_s <= 0:
+            raise ValueError(f"close_timeout_s must be > 0 seconds, got {close_timeout_s}")
         self.config = config
+        self.close_timeout_s = close_timeout_s  # aclose() waits this long for cut tasks to end
         self.meter = engine if isinstance(engine, BusyMeter) else BusyMeter(engine)
         self._busy0 = self.meter.busy_s
         # record=True keeps every event fed to the core (scheduler.events), to replay a run.
@@ -204,7 +209,14 @@ class RolloutStream:
                     self._act(self.scheduler.cancel_group(group, now))  # cancels their tasks too
         for e in list(self._running):
             self._cancel(e)
-        await asyncio.gather(*self._cut, return_exceptions=True)
+        if self._cut:
+            # Bounded: an engine or tool that ignores cancellation (or a client library that
+            # deadlocks while cleaning a cut request up) must not hang the caller's shutdown.
+            _, stuck = await asyncio.wait(set(self._cut), timeout=self.close_timeout_s)
+            if stuck:
+                warnings.warn(f"RolloutStream.aclose(): {len(stuck)} cut task(s) still running after "
+                              f"{self.close_timeout_s:g} s (an engine, tool or episode that ignores "
+                              "cancellation); left behind", RuntimeWarning, stacklevel=2)
         self._notify()
         left = [self._results[g] for g in self._ready]
         self._handed += len(left)

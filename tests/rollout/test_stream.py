@@ -310,3 +310,36 @@ def test_one_scheduler_call_per_wakeup_decides_as_one_call_per_event(tiny_model_
     reference = _feed_one_by_one(Scheduler(config, impl=impl), stream.scheduler.events)
     assert reference == stream.decisions
     assert sum(1 for d in reference if d[0] == DecisionKind.GROUP_COMPLETE) == 3
+
+
+class _Stubborn(ScriptedEpisode):
+    """An episode whose own background work ignores cancellation (a misbehaving engine or tool)."""
+
+    def close(self, reason: FinishReason) -> asyncio.Task:
+        async def never_ends() -> None:  # as if it swallowed the cancellation close() sent it
+            await asyncio.Event().wait()
+
+        self.stubborn = asyncio.get_running_loop().create_task(never_ends())
+        return self.stubborn
+
+
+def test_aclose_does_not_wait_forever_for_a_task_that_ignores_cancellation(faulty_openai, tools) -> None:  # noqa: ANN001
+    registry, context = tools
+    engine = stub_engine(faulty_openai)
+
+    async def main():  # noqa: ANN202
+        stream = RolloutStream(engine, SchedulerConfig(), close_timeout_s=0.3)
+        episode = _Stubborn(index=0, actions=[TOOL, ANS], tool_seconds=[5.0, 0], registry=registry, context=context)
+        stream.submit([episode])
+        while stream.scheduler.state(0) != EpisodeState.IN_TOOL:
+            await asyncio.sleep(0.01)
+        with pytest.warns(RuntimeWarning, match=r"1 cut task\(s\) still running after 0.3 s"):
+            left = await asyncio.wait_for(stream.aclose(), timeout=10)
+        stuck = not episode.stubborn.done()
+        episode.stubborn.cancel()
+        return left, stuck, episode
+
+    left, stuck, episode = run(engine, main)
+    assert stuck and left[0].reasons == [R.CANCELLED]
+    with pytest.raises(ValueError, match="close_timeout_s"):
+        RolloutStream(engine, SchedulerConfig(), close_timeout_s=0)

@@ -541,7 +541,7 @@ class GatheredKVVarlenAttentionFunction(torch.autograd.Function):
 
 def _check_kv_index(kv_index: torch.Tensor, k: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     if kv_index.dim() != 1 or kv_index.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"kv_index must be a 1-D int64 tensor of k's row numbers, got {kv_index.dtype} of shape "
+        raise ValueError(f"kv_index must be a 1-D int64 (or int32) tensor of k's row numbers, got {kv_index.dtype} of shape "
                          f"{tuple(kv_index.shape)}; build it with shared_prefix_kwargs(blocks)")
     if kv_index.device != q.device:
         raise ValueError(f"kv_index is on {kv_index.device} but q is on {q.device}; move it to q's device")

@@ -31,7 +31,7 @@ from typing import Any
 from sage_fast.agent.trajectory import Trajectory
 from sage_fast.models.base import Generation, SamplingConfig
 from sage_fast.rollout.engines import Engine, GenerationRequest
-from sage_fast.rollout.episodes import Episode, estimate_tokens
+from sage_fast.rollout.episodes import Episode
 from sage_fast.rollout.scheduler import Impl
 from sage_fast.rollout.stream import CompletedGroup, RolloutStream
 from sage_fast.rollout.types import FinishReason, SchedulerConfig, TurnAction
@@ -138,9 +138,6 @@ class AgentEpisode(Episode):
         if self._request is None:
             raise RuntimeError("AgentEpisode.request(): the agent has not asked for a turn yet (prepare() first)")
         return self._request
-
-    def cost(self) -> int:
-        return estimate_tokens(self.request())
 
     def on_generation(self, generation: Generation) -> TurnAction:
         assert self._reply is not None

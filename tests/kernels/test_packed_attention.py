@@ -312,8 +312,8 @@ def test_gathered_keys_are_not_kept_for_backward() -> None:
 
 
 @pytest.mark.parametrize(("index", "message"), [
-    (lambda n: torch.arange(n).float(), "kv_index must be a 1-D int64 tensor"),
-    (lambda n: torch.arange(n).view(1, -1), "kv_index must be a 1-D int64 tensor"),
+    (lambda n: torch.arange(n).float(), r"kv_index must be a 1-D int64 \(or int32\) tensor"),
+    (lambda n: torch.arange(n).view(1, -1), r"kv_index must be a 1-D int64 \(or int32\) tensor"),
     (lambda n: torch.arange(n) + 1, r"kv_index must hold row numbers in \[0, 33\)"),
     (lambda n: torch.arange(n)[:-1], r"cu_seqlens_k must be non-decreasing within \[0, 32\]"),
 ])
